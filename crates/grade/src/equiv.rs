@@ -19,6 +19,9 @@ pub(crate) struct Cx<'a> {
     pub fuel: Fuel,
     /// What a decimal gold means.
     pub gold_decimals: GoldDecimals,
+    /// Lists keep multiplicity (`2,3,3` is not the prime-factor list `[2, 3]`); otherwise
+    /// duplicates are ignored as in sets.
+    pub count_duplicates: bool,
 }
 
 /// Minimum significant digits for a decimal to count as an approximation of an exact value.
@@ -74,7 +77,7 @@ pub(crate) fn equal(g: &Expr, p: &Expr, cx: &mut Cx) -> Option<MatchRule> {
         }
         _ => {}
     }
-    if g.is_container() || p.is_container() {
+    if g.is_container() || p.is_container() || has_matrix(g) || has_matrix(p) {
         return containers_equal(g, p, cx);
     }
     scalars_equal(g, p, cx)
@@ -428,7 +431,71 @@ fn as_interval(e: &Expr) -> Option<IntervalParts<'_>> {
     }
 }
 
+/// `[M]` / `(M)` around a matrix is the matrix (`\left[\begin{array}..\end{array}\right]`); sums
+/// and products of numeric matrices are computed.
+fn matrix_form(e: &Expr) -> Option<Vec<Vec<Expr>>> {
+    match e {
+        Expr::Matrix(m) => Some(m.clone()),
+        Expr::Bracket(v) | Expr::Paren(v) | Expr::List(v) if v.len() == 1 => matrix_form(&v[0]),
+        Expr::Add(v) if v.len() >= 2 => {
+            let ms: Vec<Vec<Vec<Expr>>> = v.iter().map(matrix_form).collect::<Option<_>>()?;
+            let (r, c) = (ms[0].len(), ms[0].first()?.len());
+            if ms
+                .iter()
+                .any(|m| m.len() != r || m.iter().any(|row| row.len() != c))
+            {
+                return None;
+            }
+            Some(
+                (0..r)
+                    .map(|i| {
+                        (0..c)
+                            .map(|j| Expr::Add(ms.iter().map(|m| m[i][j].clone()).collect()))
+                            .collect()
+                    })
+                    .collect(),
+            )
+        }
+        Expr::Mul(v) if v.len() == 2 => {
+            let (a, b) = (matrix_form(&v[0])?, matrix_form(&v[1])?);
+            let (n, k, m) = (a.len(), b.len(), b.first()?.len());
+            if a.iter().any(|row| row.len() != k) || n * m * k > 400 {
+                return None;
+            }
+            Some(
+                (0..n)
+                    .map(|i| {
+                        (0..m)
+                            .map(|j| {
+                                Expr::Add(
+                                    (0..k)
+                                        .map(|t| Expr::Mul(vec![a[i][t].clone(), b[t][j].clone()]))
+                                        .collect(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            )
+        }
+        _ => None,
+    }
+}
+
+fn has_matrix(e: &Expr) -> bool {
+    let mut f = false;
+    e.walk(&mut |x| f |= matches!(x, Expr::Matrix(_)));
+    f
+}
+
 fn containers_equal(g: &Expr, p: &Expr, cx: &mut Cx) -> Option<MatchRule> {
+    if (has_matrix(g) || has_matrix(p))
+        && !(matches!(g, Expr::Matrix(_)) && matches!(p, Expr::Matrix(_)))
+    {
+        if let (Some(a), Some(b)) = (matrix_form(g), matrix_form(p)) {
+            return equal(&Expr::Matrix(a), &Expr::Matrix(b), cx);
+        }
+    }
     // `\{1 \pm \sqrt5, -2\}` has three members.
     for (e, is_gold) in [(g, true), (p, false)] {
         let expanded = match e {
@@ -549,6 +616,17 @@ fn multiset_equal(a: &[Expr], b: &[Expr], cx: &mut Cx) -> Option<()> {
     };
     let a: Vec<Expr> = a.iter().map(unwrap).collect();
     let b: Vec<Expr> = b.iter().map(unwrap).collect();
+    if cx.count_duplicates {
+        if a.len() != b.len() {
+            return None;
+        }
+        let mut used = vec![false; b.len()];
+        for x in &a {
+            let k = (0..b.len()).find(|&k| !used[k] && equal(x, &b[k], cx).is_some())?;
+            used[k] = true;
+        }
+        return Some(());
+    }
     let mut b_hit = vec![false; b.len()];
     for x in &a {
         let mut found = false;

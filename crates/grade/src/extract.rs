@@ -144,6 +144,15 @@ pub fn extract(text: &str) -> Result<Extracted, NoAnswer> {
         return Ok(plain(a, ExtractRule::AnswerPhrase));
     }
     let spans = math_spans(text);
+    if spans.len() >= 2 && only_separators_outside(text, &spans) {
+        // `$1$ and $2$ and $3$`.
+        let joined = spans
+            .iter()
+            .map(|(s, e)| text[*s..*e].trim())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Ok(plain(joined, ExtractRule::MathSpan));
+    }
     if is_bare_answer(text) && !words_outside_spans(text, &spans) {
         return Ok(plain(
             strip_delimiters(text).to_string(),
@@ -151,6 +160,10 @@ pub fn extract(text: &str) -> Result<Extracted, NoAnswer> {
         ));
     }
     if is_unreliable_prose(text) {
+        // Only a concluding statement counts: "... the pair that solves it is $(7, 6)$."
+        if let Some(a) = concluding_statement(text, &spans) {
+            return Ok(plain(a, ExtractRule::MathSpan));
+        }
         return Err(NoAnswer::NoAnswerInProse);
     }
     if let Some(a) = last_of_span_or_number(text, &spans) {
@@ -186,6 +199,39 @@ fn last_of_span_or_number(text: &str, spans: &[(usize, usize)]) -> Option<Extrac
         },
         _ => return None,
     })
+}
+
+/// Is everything outside the spans a separator (`and`, `or`, commas, spaces)?
+fn only_separators_outside(text: &str, spans: &[(usize, usize)]) -> bool {
+    let mut pos = 0;
+    for (s, e) in spans {
+        let gap = text[pos.min(*s)..*s]
+            .replace('$', " ")
+            .replace("\\(", " ")
+            .replace("\\)", " ");
+        if !is_pure_separator(&gap) {
+            return false;
+        }
+        pos = *e;
+    }
+    let tail = text[pos.min(text.len())..]
+        .replace(['$', '.'], " ")
+        .replace("\\)", " ");
+    is_pure_separator(&tail)
+}
+
+/// The math span of a final sentence "... is $X$." (chat-template junk after it ignored).
+fn concluding_statement(text: &str, spans: &[(usize, usize)]) -> Option<String> {
+    let &(s, e) = spans.last()?;
+    let after = text[e..].trim_start_matches(['$', ')', ']', '\\']);
+    let after = after.split("<|").next().unwrap_or("").trim();
+    if !(after.is_empty() || after == ".") {
+        return None;
+    }
+    let before = text[..s].trim_end_matches(['$', '(', '[', '\\']).trim_end();
+    before
+        .ends_with(" is")
+        .then(|| text[s..e].trim().to_string())
 }
 
 /// Does the text have words outside its math spans (`We find that $x<3$`)?
@@ -334,8 +380,20 @@ fn match_brace(text: &str, open: usize) -> (&str, usize) {
     (&text[(open + 1).min(text.len())..], text.len())
 }
 
-/// Is the text between two boxes only a separator (`, `, `and`, `$ $`, `\quad`)?
+/// Is the text between two boxes only a separator (`, `, `and`, `$ $`, `\quad`), or a short
+/// phrase with "and" (`papers and`, `for part (a) and`)?
 fn is_separator_between(s: &str) -> bool {
+    if is_pure_separator(s) {
+        return true;
+    }
+    let words: Vec<&str> = s
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.len() <= 5 && words.contains(&"and") && !s.contains('\n')
+}
+
+fn is_pure_separator(s: &str) -> bool {
     let mut t = s.to_string();
     for pat in [
         "\\text{ and }",
@@ -546,7 +604,7 @@ fn sentence_after(s: &str) -> String {
     // A delimited math span right after the phrase is the answer.
     for (open, close) in [("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")] {
         if let Some(rest) = s.strip_prefix(open) {
-            if let Some(end) = rest.find(close) {
+            if let Some(end) = find_unescaped(rest, close) {
                 let inner = &rest[..end];
                 // `$1, not $-9$`: a currency sign, not math; fall through.
                 if !(open == "$" && inner.contains(", not")) {
@@ -590,6 +648,20 @@ fn sentence_after(s: &str) -> String {
         out.truncate(k);
     }
     out.trim().to_string()
+}
+
+/// The first `pat` in `s` not preceded by a backslash (`\$` is a literal dollar).
+fn find_unescaped(s: &str, pat: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(p) = s[from..].find(pat) {
+        let at = from + p;
+        if at > 0 && s.as_bytes()[at - 1] == b'\\' && pat == "$" {
+            from = at + 1;
+            continue;
+        }
+        return Some(at);
+    }
+    None
 }
 
 /// The byte ranges of the contents of `$...$`, `$$...$$`, `\(...\)` and `\[...\]` spans, in

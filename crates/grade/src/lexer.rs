@@ -656,7 +656,16 @@ fn lex_command(
             let k = skip_ws(s, j);
             if let Some((content, k2)) = brace_arg(s, k) {
                 j = k2;
-                lex_text(content, th, out, space, depth, name == "operatorname")?;
+                let math_font = matches!(name, "mathrm" | "mathbf" | "operatorname");
+                lex_text(
+                    content,
+                    th,
+                    out,
+                    space,
+                    depth,
+                    name == "operatorname",
+                    math_font,
+                )?;
             }
             None
         }
@@ -686,6 +695,7 @@ fn lex_text(
     space: &mut bool,
     depth: u32,
     operator: bool,
+    math_font: bool,
 ) -> Result<(), LexError> {
     let t = content.trim();
     if t.is_empty() {
@@ -719,6 +729,12 @@ fn lex_text(
     let wordy = t.chars().all(|c| {
         c.is_alphabetic() || c.is_whitespace() || matches!(c, ',' | '.' | '\'' | '-' | '/')
     }) && t.chars().filter(|c| c.is_alphabetic()).count() >= 1;
+    // A single letter in a math font is a symbol (`\\mathrm{e}`); in `\\text{}` it is a word (a
+    // choice letter `\\text{C}`, a unit `\\mbox{m}`).
+    if t.len() == 1 && t.chars().all(|c| c.is_ascii_alphabetic()) && math_font {
+        push(out, Tok::Letters(t.to_string()), space);
+        return Ok(());
+    }
     if wordy && !(t.len() == 1 && operator) {
         let words = t.trim_end_matches(['.', ',']).to_string();
         push(out, Tok::Words(words), space);
@@ -824,9 +840,16 @@ fn decimal_commas(toks: &mut Vec<Token>) {
                 continue;
             }
         };
-        let alone = toks.get(i + 3).is_none_or(|t| !matches!(t.tok, Tok::Comma))
-            && (i == 0 || !matches!(toks[i - 1].tok, Tok::Comma));
-        let decimal = alone && ((a == "0" && b.len() >= 1) || (a.len() >= 4 && b.len() <= 2));
+        // Not part of a list, tuple or interval.
+        let alone = toks
+            .get(i + 3)
+            .is_none_or(|t| !matches!(t.tok, Tok::Comma | Tok::RParen | Tok::RBrack | Tok::RSet))
+            && (i == 0
+                || !matches!(
+                    toks[i - 1].tok,
+                    Tok::Comma | Tok::LParen | Tok::LBrack | Tok::LSet
+                ));
+        let decimal = alone && ((a == "0" && b.len() >= 2) || (a.len() >= 4 && b.len() <= 2));
         if decimal {
             let sb = toks[i].space_before;
             toks.splice(
@@ -935,10 +958,7 @@ fn mark_units(toks: &mut Vec<Token>) {
                 (ok && has_word
                     && !pi_only
                     && k < toks.len()
-                    && matches!(
-                        toks[i - 1].tok,
-                        Tok::Num(_) | Tok::Percent | Tok::RBrace | Tok::Degree
-                    ))
+                    && matches!(toks[i - 1].tok, Tok::Num(_) | Tok::Percent | Tok::Degree))
                 .then_some(k + 1)
             }
             _ => None,

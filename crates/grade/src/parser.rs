@@ -1016,3 +1016,14 @@ mod tests {
         assert!(p(&deep).starts_with("ERR"));
     }
 }
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+    #[test]
+    fn fraction_of_letters() {
+        let e = parse("\\frac{NO}{BO}=\\frac{1}{\\sqrt{6}}", Thousands::Join);
+        assert!(e.is_ok(), "{e:?}");
+        assert!(parse("1 - \\frac{1}{\\mathrm{e}}", Thousands::Join).is_ok());
+    }
+}

@@ -31,7 +31,12 @@ pub(crate) fn compare(
     if !gs.is_empty() && gs == ps {
         return Ok(MatchRule::String);
     }
-    let g = parse_answer(&gold.answer, dataset, Thousands::Join)
+    let thousands = if dataset == Dataset::Generic {
+        Thousands::JoinDecimalComma
+    } else {
+        Thousands::Join
+    };
+    let g = parse_answer(&gold.answer, dataset, thousands)
         .map_err(|e| format!("cannot parse gold: {e}"))?;
     let gold_decimals = if has_long_decimal(&g) {
         // `14053029.666666666`: a float artifact.
@@ -43,6 +48,7 @@ pub(crate) fn compare(
         opts,
         fuel: Fuel(opts.fuel),
         gold_decimals,
+        count_duplicates: dataset == Dataset::Mathematics,
     };
     // SimulEq: several boxes are several answers; the first is the one asked for.
     let pred_text = if dataset == Dataset::SimulEq
@@ -54,7 +60,7 @@ pub(crate) fn compare(
     } else {
         pred.answer.clone()
     };
-    let p = match parse_answer(&pred_text, dataset, Thousands::Join) {
+    let p = match parse_answer(&pred_text, dataset, thousands) {
         Ok(p) => p,
         Err(e) => {
             return if normalize_text(&gold.answer) == normalize_text(&pred_text)
@@ -458,6 +464,7 @@ mod tests {
     fn deepmind() {
         assert!(ok(Dataset::Mathematics, "[3, 5]", "3,5", None));
         assert!(ok(Dataset::Mathematics, "[3, 5]", "[5, 3]", None));
+        assert!(!ok(Dataset::Mathematics, "[2, 3]", "2,3,3", None));
         assert!(!ok(Dataset::Mathematics, "[2]", "2^3", None));
         assert!(ok(Dataset::Mathematics, "7 1 -1", "7, 1, -1", None));
         assert!(!ok(Dataset::Mathematics, "7 1 -1", "7, -1, 1", None));
