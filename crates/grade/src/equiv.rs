@@ -1001,6 +1001,7 @@ mod tests {
             } else {
                 GoldDecimals::RoundedTo
             },
+            count_duplicates: false,
         };
         equal(&g, &p, &mut cx)
     }
