@@ -6,6 +6,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
     let (mut n, mut ok) = (0, 0);
+    let only_math = std::env::var("ONLY_MATH").is_ok();
     for (i, line) in text.lines().enumerate() {
         let r: Value = serde_json::from_str(line).unwrap();
         let o = &r["options"];
@@ -20,6 +21,13 @@ fn main() {
         let pred = r["pred"].as_str().unwrap();
         let v = g.grade(Dataset::Generic, gold, pred, None);
         let expected = r["expected"].as_bool().unwrap();
+        if only_math && r["expected_kind"].as_str() != Some("math") {
+            println!(
+                "POLICY {i} expected={expected} ours={} | {}",
+                v.correct, v.reason
+            );
+            continue;
+        }
         n += 1;
         if v.correct == expected {
             ok += 1;

@@ -264,7 +264,7 @@ fn normalised_inequalities(items: &[Expr], ops: &[RelOp]) -> Option<Vec<(Expr, R
 /// Values for variables at sample point `trial`: deterministic, positive, irregular.
 fn sample_value(var_index: usize, trial: usize) -> f64 {
     const BASE: [f64; 11] = [
-        0.7371, 1.4142, 2.2361, 0.5193, 1.8713, 2.7183, 1.2599, 0.9437, 2.4495, 1.6180, 0.3679,
+        0.7371, 1.4137, 2.2367, 0.5193, 1.8713, 2.7191, 1.2599, 0.9437, 2.4489, 1.6174, 0.3671,
     ];
     let k = (var_index * 7 + trial * 3 + var_index * trial) % BASE.len();
     BASE[k] + 0.01 * (var_index as f64) + 0.001 * trial as f64

@@ -153,20 +153,11 @@ fn exact_func(f: Func, args: &[Expr], fuel: &mut Fuel) -> Option<Rat> {
                 _ => return None,
             }
         }
+        // f(0) for the functions where it is rational.
         Func::Sin | Func::Tan | Func::Asin | Func::Atan | Func::Sinh | Func::Tanh => {
-            if a(0, fuel)?.is_zero() {
-                Rat::zero()
-            } else {
-                return None;
-            }
+            a(0, fuel)?.is_zero().then(Rat::zero)?
         }
-        Func::Cos | Func::Cosh | Func::Sec => {
-            if a(0, fuel)?.is_zero() {
-                Rat::one()
-            } else {
-                return None;
-            }
-        }
+        Func::Cos | Func::Cosh | Func::Sec => a(0, fuel)?.is_zero().then(Rat::one)?,
         _ => return None,
     })
 }

@@ -483,15 +483,10 @@ fn lex_into(s: &str, th: Thousands, out: &mut Vec<Token>, depth: u32) -> Result<
                 space = true;
                 continue;
             }
-            b'.' => {
-                // A full stop; `...` is an ellipsis.
-                if s[i..].starts_with("..") {
-                    i += 2;
-                    Tok::Dots
-                } else {
-                    space = true;
-                    continue;
-                }
+            // `...` is an ellipsis.
+            b'.' if s[i..].starts_with("..") => {
+                i += 2;
+                Tok::Dots
             }
             _ => {
                 space = true;
@@ -539,6 +534,10 @@ fn lex_command(
     if b[j] == b'\\' && b.get(j + 1).is_some_and(u8::is_ascii_alphabetic) {
         // `\\left(`: a command whose backslash was escaped twice.
         return lex_command(s, i + 1, th, out, space, depth);
+    }
+    if b[j] >= 0x80 {
+        // A backslash before a non-ASCII character: drop the backslash.
+        return Ok(j);
     }
     if !b[j].is_ascii_alphabetic() {
         // One-character command.

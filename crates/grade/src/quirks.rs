@@ -120,12 +120,14 @@ fn compare_parsed(
                 }
             }
         }
-        Dataset::SimulEq if cx.opts.multi_answer == MultiAnswer::First => {
-            if !g.is_container() && !matches!(g, Expr::Rel(..)) {
-                if let Some(first) = first_component(&p) {
-                    p = first;
-                    via = Some(MatchRule::FirstComponent);
-                }
+        Dataset::SimulEq
+            if cx.opts.multi_answer == MultiAnswer::First
+                && !g.is_container()
+                && !matches!(g, Expr::Rel(..)) =>
+        {
+            if let Some(first) = first_component(&p) {
+                p = first;
+                via = Some(MatchRule::FirstComponent);
             }
         }
         _ => {}

@@ -31,7 +31,7 @@ pub struct ParsedOutput {
     pub warnings: Vec<ParseWarning>,
 }
 
-/// Sequence markers that can leak into generated text; they are dropped.
+/// Sequence markers that can end generated text; dropped there.
 const EOS_MARKERS: [&str; 2] = ["</s>", "<s>"];
 
 enum Piece<'a> {
@@ -49,9 +49,11 @@ fn pieces(raw: &str) -> Vec<Piece<'_>> {
             let found: Option<(Piece<'_>, usize)> = if let Some(t) = SpecialToken::at(raw, i) {
                 Some((Piece::Token(t, i), t.as_str().len()))
             } else {
+                // `</s>` / `<s>` only as the very last thing (an end-of-sequence marker a server
+                // left in); elsewhere they are text (models do write `</s>` inside code).
                 EOS_MARKERS
                     .iter()
-                    .find(|m| raw[i..].starts_with(**m))
+                    .find(|m| raw[i..].starts_with(**m) && raw[i + m.len()..].trim().is_empty())
                     .map(|m| (Piece::Marker(m, i), m.len()))
             };
             if let Some((p, len)) = found {
@@ -227,7 +229,7 @@ mod tests {
     #[test]
     fn tolerates_stray_tokens_and_empty_blocks() {
         let p = parse_blocks(
-            "<|assistant|><|text|><|endofblock|><|endofblock|><|code|>print(1)<|user|>\nprint(2)<|endofblock|></s>",
+            "<|assistant|><|text|><|endofblock|><|endofblock|><|code|>print(1)<|user|>\nprint(2)<|endofblock|></s>\n",
         );
         assert_eq!(p.blocks, vec![Block::code("print(1)\nprint(2)")]);
         assert!(p
@@ -242,6 +244,13 @@ mod tests {
             .warnings
             .iter()
             .any(|w| matches!(w, ParseWarning::StrayToken { token, .. } if token == "</s>")));
+    }
+
+    #[test]
+    fn end_of_sequence_text_inside_a_block_is_kept() {
+        // Seen in the released outputs: the model wrote `</s>` into code that was executed.
+        let p = parse_blocks("<|code|>x = (</s>\ny<|endofblock|>");
+        assert_eq!(p.blocks, vec![Block::code("x = (</s>\ny")]);
     }
 
     #[test]

@@ -1,0 +1,80 @@
+//! `mathcoder grade FILE...`
+
+use anyhow::{Context, Result};
+use mathcoder_eval::{group_runs, render_text, score_file, FileScore, FileSummary, VerdictLine};
+use mathcoder_grade::{Dataset, Grader};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use super::{Format, GradeArgs};
+use crate::progress;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Output files in the authors' format (`.jsonl` or `.jsonl.gz`).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Dataset conventions to grade with (default: detected from each path).
+    #[arg(long)]
+    dataset: Option<String>,
+    #[command(flatten)]
+    grading: GradeArgs,
+    /// Write one JSON line per record, in input order, to this file.
+    #[arg(long)]
+    verdicts: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+pub fn run(a: Args) -> Result<i32> {
+    let dataset = match &a.dataset {
+        Some(d) => Some(Dataset::from_name(d).with_context(|| {
+            format!(
+                "unknown dataset {d:?}; one of: {}",
+                Dataset::ALL.map(|d| d.name()).join(", ")
+            )
+        })?),
+        None => None,
+    };
+    let grader = Grader::new(a.grading.options());
+    let mut total = 0u64;
+    for f in &a.files {
+        total += mathcoder_eval::score::count_records(f)
+            .with_context(|| format!("reading {}", f.display()))? as u64;
+    }
+    let pb = progress::bar(total, "grading");
+    if total < 2000 {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut scores: Vec<FileScore> = Vec::new();
+    for f in &a.files {
+        scores.push(score_file(f, dataset, &grader, &|n| pb.inc(n))?);
+    }
+    pb.finish_and_clear();
+    if let Some(path) = &a.verdicts {
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let mut w = BufWriter::new(file);
+        for s in &scores {
+            for r in &s.records {
+                serde_json::to_writer(&mut w, &VerdictLine::of(s, r))?;
+                w.write_all(b"\n")?;
+            }
+        }
+        w.flush()?;
+    }
+    let mut out = std::io::stdout().lock();
+    match a.format {
+        Format::Json => {
+            for s in &scores {
+                serde_json::to_writer(&mut out, &FileSummary::of(s))?;
+                writeln!(out)?;
+            }
+        }
+        Format::Text => {
+            let runs = group_runs(&scores);
+            write!(out, "{}", render_text(&runs, &scores))?;
+        }
+    }
+    Ok(0)
+}

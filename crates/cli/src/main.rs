@@ -1,0 +1,47 @@
+//! The `mathcoder` command: argument parsing and wiring only.
+
+mod commands;
+mod progress;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "mathcoder", version, about = "MathCoder in Rust: grade, evaluate and run LCE math solutions", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Grade output files in the authors' format (accuracy, MATH subject x level, agreement with
+    /// the authors' verdicts).
+    Grade(commands::grade::Args),
+    /// Reproduce the paper's Table 2 from released outputs (the vendored ones by default).
+    Table2(commands::table2::Args),
+    /// List the benchmarks this build ships.
+    Datasets(commands::datasets::Args),
+    /// Compare one answer with a gold answer and explain the verdict.
+    Compare(commands::compare::Args),
+    /// Benchmarks (speed figures).
+    #[command(subcommand)]
+    Bench(commands::bench::Bench),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Grade(a) => commands::grade::run(a),
+        Command::Table2(a) => commands::table2::run(a),
+        Command::Datasets(a) => commands::datasets::run(a),
+        Command::Compare(a) => commands::compare::run(a),
+        Command::Bench(b) => commands::bench::run(b),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The `mathcoder` binary, end to end.
+
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mathcoder"))
+}
+
+const RECORDS: &str = concat!(
+    r#"{"id": "test/algebra/1.json", "messages": [{"role": "system", "content": [{"type": "text", "content": "s"}]}, {"role": "user", "content": [{"type": "text", "content": "What is 1/2+1/3?"}]}], "ground_truth": {"solution": "", "answer": "\\frac{5}{6}"}, "debug_result": [{"role": "code", "content": "1/2+1/3"}, {"role": "execution", "content": "0.8333333333333333"}, {"role": "text", "content": "\\frac{5}{6}"}], "completion": "\\frac{5}{6}"}"#,
+    "\n",
+    r#"{"id": "test/algebra/2.json", "messages": [{"role": "user", "content": [{"type": "text", "content": "What is 2+2?"}]}], "ground_truth": {"solution": "", "answer": "4"}, "debug_result": [{"role": "code", "content": "x"}, {"role": "execution", "content": "Traceback (most recent call last) NameError"}, {"role": "text", "content": "5"}], "completion": "5"}"#,
+    "\n"
+);
+
+#[test]
+fn grade_json_and_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("MATH_test_result-x-correct.jsonl");
+    std::fs::write(&f, RECORDS).unwrap();
+    let verdicts = dir.path().join("v.jsonl");
+    let out = bin()
+        .args(["grade", "--format", "json", "--verdicts"])
+        .arg(&verdicts)
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["dataset"], "math");
+    assert_eq!(summary["total"], 2);
+    assert_eq!(summary["correct"], 1);
+    assert_eq!(summary["accuracy"], 0.5);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&verdicts)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for k in [
+        "file",
+        "line",
+        "id",
+        "gold",
+        "extracted",
+        "correct",
+        "reason",
+    ] {
+        assert!(lines[0].get(k).is_some(), "missing {k}");
+    }
+    assert_eq!(lines[1]["line"], 2);
+    assert_eq!(lines[1]["correct"], false);
+
+    let text = bin().arg("grade").arg(&f).output().unwrap();
+    let s = String::from_utf8_lossy(&text.stdout);
+    assert!(s.contains("accuracy 50.00%"), "{s}");
+    assert!(s.contains("subject (n)"), "MATH table: {s}");
+    assert!(s.contains("0.50 errors"), "{s}");
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let out = bin()
+        .args(["grade", "/nonexistent/x.jsonl"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.jsonl"));
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("unknown_thing.jsonl");
+    std::fs::write(&f, RECORDS).unwrap();
+    let out = bin().arg("grade").arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--dataset"));
+    std::fs::write(&f, "{not json\n").unwrap();
+    let out = bin()
+        .args(["grade", "--dataset", "gsm8k"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(":1: not a valid record"));
+}
+
+#[test]
+fn compare_exit_codes() {
+    let ok = bin()
+        .args(["compare", "\\frac{10}{11}", "0.9091", "--dataset", "math"])
+        .output()
+        .unwrap();
+    assert_eq!(ok.status.code(), Some(0));
+    let exact = bin()
+        .args([
+            "compare",
+            "\\frac{10}{11}",
+            "0.9091",
+            "--dataset",
+            "math",
+            "--approx",
+            "exact",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(exact.status.code(), Some(1));
+}
+
+#[test]
+fn datasets_lists_every_benchmark() {
+    let out = bin()
+        .args(["datasets", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "gsm8k",
+            "math",
+            "math500",
+            "svamp",
+            "mathematics",
+            "simuleq",
+            "asdiv",
+            "gsm-hard",
+            "mawps"
+        ]
+    );
+    assert_eq!(rows[1]["size"], 5000);
+}
+
+#[test]
+fn table2_check_passes_on_vendored_outputs() {
+    let out = bin().args(["table2", "--check", "1.0"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("MathCoder-L-7B"));
+}

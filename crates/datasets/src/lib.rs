@@ -1,0 +1,439 @@
+//! Benchmarks: the test sets MathCoder is evaluated on, vendored (gzipped) into the binary, and
+//! the [`Problem`] type every other stage consumes.
+//!
+//! This crate sits at the start of the data flow (problem -> prompt -> ...); it knows nothing of
+//! grading or generation. [`Benchmark::grading_conventions`] names the answer conventions the
+//! grader should apply, as a plain string the grading crate understands.
+
+use flate2::read::GzDecoder;
+use mathcoder_lce::record::{value_as_text, TestRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// Errors loading problems.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("unknown benchmark {0:?} (run `mathcoder datasets` for the list)")]
+    Unknown(String),
+    #[error("{source_name}: line {line}: {message}")]
+    BadRecord {
+        source_name: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{0}")]
+    Record(#[from] mathcoder_lce::RecordError),
+    #[error("corrupt embedded data for {0}")]
+    Embedded(&'static str),
+}
+
+/// A math problem with its reference answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Problem {
+    /// Stable identifier within the dataset (the file's id, or `<dataset>-<line>`).
+    pub id: String,
+    /// The dataset's name (`gsm8k`, `math`, ...).
+    pub dataset: String,
+    pub question: String,
+    /// The gold answer, as text.
+    pub answer: String,
+    /// MATH subject (`algebra`, `number_theory`, ...).
+    pub subject: Option<String>,
+    /// MATH difficulty level, 1-5.
+    pub level: Option<u8>,
+    /// The reference solution, when the dataset has one.
+    pub solution: Option<String>,
+}
+
+/// The benchmarks this project ships.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Benchmark {
+    Gsm8k,
+    Math,
+    Math500,
+    Svamp,
+    Mathematics,
+    SimulEq,
+    Asdiv,
+    GsmHard,
+    Mawps,
+}
+
+struct Embedded {
+    name: &'static str,
+    bytes: &'static [u8],
+}
+
+macro_rules! embed {
+    ($file:literal) => {
+        Embedded {
+            name: $file,
+            bytes: include_bytes!(concat!("../../../data/benchmarks/", $file)),
+        }
+    };
+}
+
+const GSM8K: &[Embedded] = &[embed!("GSM8K_test_post.jsonl.gz")];
+const MATH: &[Embedded] = &[
+    embed!("MATH_1_test_post.jsonl.gz"),
+    embed!("MATH_2_test_post.jsonl.gz"),
+    embed!("MATH_3_test_post.jsonl.gz"),
+    embed!("MATH_4_test_post.jsonl.gz"),
+    embed!("MATH_5_test_post.jsonl.gz"),
+];
+const MATH500: &[Embedded] = &[embed!("minival_test_post.jsonl.gz")];
+const SVAMP: &[Embedded] = &[embed!("SVAMP_test_post.jsonl.gz")];
+const MATHEMATICS: &[Embedded] = &[embed!("mathematics_test_post.jsonl.gz")];
+const SIMULEQ: &[Embedded] = &[embed!("simuleq_test_post.jsonl.gz")];
+const ASDIV: &[Embedded] = &[embed!("tora_asdiv_test.jsonl.gz")];
+const GSM_HARD: &[Embedded] = &[embed!("tora_gsm-hard_test.jsonl.gz")];
+const MAWPS: &[Embedded] = &[embed!("tora_mawps_test.jsonl.gz")];
+const SUBJECT_LEVEL: Embedded = embed!("MATH_subject_level.jsonl.gz");
+
+const MATHCODER_SOURCE: &str =
+    "MathCoder authors' data/ (github.com/mathllm/MathCoder), Apache-2.0";
+const TORA_SOURCE: &str = "microsoft/ToRA data/, MIT";
+
+impl Benchmark {
+    pub const ALL: [Benchmark; 9] = [
+        Benchmark::Gsm8k,
+        Benchmark::Math,
+        Benchmark::Math500,
+        Benchmark::Svamp,
+        Benchmark::Mathematics,
+        Benchmark::SimulEq,
+        Benchmark::Asdiv,
+        Benchmark::GsmHard,
+        Benchmark::Mawps,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Benchmark::Gsm8k => "gsm8k",
+            Benchmark::Math => "math",
+            Benchmark::Math500 => "math500",
+            Benchmark::Svamp => "svamp",
+            Benchmark::Mathematics => "mathematics",
+            Benchmark::SimulEq => "simuleq",
+            Benchmark::Asdiv => "asdiv",
+            Benchmark::GsmHard => "gsm-hard",
+            Benchmark::Mawps => "mawps",
+        }
+    }
+
+    /// Parses a benchmark name (case-insensitive, with a few aliases).
+    pub fn from_name(s: &str) -> Option<Benchmark> {
+        let l = s.to_ascii_lowercase().replace('_', "-");
+        Benchmark::ALL
+            .into_iter()
+            .find(|b| b.name() == l)
+            .or(match l.as_str() {
+                "minival" | "math-500" => Some(Benchmark::Math500),
+                "gsmhard" => Some(Benchmark::GsmHard),
+                "deepmind" | "dm-mathematics" => Some(Benchmark::Mathematics),
+                _ => None,
+            })
+    }
+
+    /// One line on where the data come from.
+    pub fn source(self) -> &'static str {
+        match self {
+            Benchmark::Asdiv | Benchmark::GsmHard | Benchmark::Mawps => TORA_SOURCE,
+            _ => MATHCODER_SOURCE,
+        }
+    }
+
+    /// A short description.
+    pub fn description(self) -> &'static str {
+        match self {
+            Benchmark::Gsm8k => "GSM8K test (grade-school word problems)",
+            Benchmark::Math => "MATH test, all 5,000 problems with subject and level",
+            Benchmark::Math500 => "MATH500: the 500-problem MATH subset (authors' minival)",
+            Benchmark::Svamp => "SVAMP (varied arithmetic word problems)",
+            Benchmark::Mathematics => "DeepMind Mathematics, the MathCoder 1,000-problem subset",
+            Benchmark::SimulEq => "SimulEq (simultaneous equations word problems)",
+            Benchmark::Asdiv => "ASDiv (as shipped by ToRA)",
+            Benchmark::GsmHard => "GSM-Hard (GSM8K with large numbers, as shipped by ToRA)",
+            Benchmark::Mawps => "MAWPS (as shipped by ToRA)",
+        }
+    }
+
+    /// The grader's answer conventions for this benchmark (a `mathcoder-grade` dataset name).
+    pub fn grading_conventions(self) -> &'static str {
+        match self {
+            Benchmark::Math500 => "math",
+            other => other.name(),
+        }
+    }
+
+    fn files(self) -> &'static [Embedded] {
+        match self {
+            Benchmark::Gsm8k => GSM8K,
+            Benchmark::Math => MATH,
+            Benchmark::Math500 => MATH500,
+            Benchmark::Svamp => SVAMP,
+            Benchmark::Mathematics => MATHEMATICS,
+            Benchmark::SimulEq => SIMULEQ,
+            Benchmark::Asdiv => ASDIV,
+            Benchmark::GsmHard => GSM_HARD,
+            Benchmark::Mawps => MAWPS,
+        }
+    }
+
+    /// All problems, in file order.
+    pub fn load(self) -> Result<Vec<Problem>, DatasetError> {
+        let mut out = Vec::new();
+        let mut line_base = 0;
+        for f in self.files() {
+            let text = gunzip(f)?;
+            let n = parse_problems(&text, self.name(), f.name, line_base, &mut out)?;
+            line_base += n;
+        }
+        Ok(out)
+    }
+}
+
+fn gunzip(e: &Embedded) -> Result<String, DatasetError> {
+    let mut s = String::new();
+    GzDecoder::new(e.bytes)
+        .read_to_string(&mut s)
+        .map_err(|_| DatasetError::Embedded(e.name))?;
+    Ok(s)
+}
+
+/// MATH problem id -> level (1-5), for all 5,000 test problems.
+pub fn math_levels() -> &'static HashMap<String, u8> {
+    static LEVELS: OnceLock<HashMap<String, u8>> = OnceLock::new();
+    LEVELS.get_or_init(|| {
+        let text = gunzip(&SUBJECT_LEVEL).unwrap_or_default();
+        let map: HashMap<String, u8> = serde_json::from_str(text.trim()).unwrap_or_default();
+        map
+    })
+}
+
+/// The MATH subject encoded in an id like `test/intermediate_algebra/1410.json`.
+pub fn math_subject(id: &str) -> Option<String> {
+    let mut parts = id.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_split), Some(subject), Some(_file)) if !subject.is_empty() => {
+            Some(subject.to_string())
+        }
+        _ => None,
+    }
+}
+
+/// Loads problems from a file: the authors' test format (`messages` + `ground_truth`), ToRA's
+/// formats, `{question, answer}` (GSM8K's `#### ` answers included) or our [`Problem`] JSONL.
+/// `.gz` files are read directly.
+pub fn load_file(path: &Path, dataset: &str) -> Result<Vec<Problem>, DatasetError> {
+    let text = mathcoder_lce::record::read_to_string_maybe_gz(path)?;
+    let mut out = Vec::new();
+    parse_problems(&text, dataset, &path.display().to_string(), 0, &mut out)?;
+    Ok(out)
+}
+
+/// Parses JSONL problems in any known format; returns the number of lines read.
+fn parse_problems(
+    text: &str,
+    dataset: &str,
+    source_name: &str,
+    line_base: usize,
+    out: &mut Vec<Problem>,
+) -> Result<usize, DatasetError> {
+    let levels = (dataset == "math" || dataset == "math500").then(math_levels);
+    let mut lines = 0;
+    for (i, line) in text.lines().enumerate() {
+        lines = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |message: String| DatasetError::BadRecord {
+            source_name: source_name.to_string(),
+            line: i + 1,
+            message,
+        };
+        let v: Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        let index = line_base + i + 1;
+        let mut p = problem_from_value(v, dataset, index).map_err(bad)?;
+        if p.subject.is_none() {
+            p.subject = math_subject(&p.id).filter(|_| levels.is_some());
+        }
+        if let Some(levels) = levels {
+            if p.level.is_none() {
+                p.level = levels.get(&p.id).copied();
+            }
+        }
+        out.push(p);
+    }
+    Ok(lines)
+}
+
+fn text_of(v: &Value, key: &str) -> Option<String> {
+    v.get(key).filter(|x| !x.is_null()).map(value_as_text)
+}
+
+fn problem_from_value(v: Value, dataset: &str, index: usize) -> Result<Problem, String> {
+    let fallback_id = format!("{dataset}-{index}");
+    if v.get("messages").is_some() {
+        let r: TestRecord = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        let question = r.question().ok_or("record has no user message")?;
+        return Ok(Problem {
+            id: r.id_text().unwrap_or(fallback_id),
+            dataset: dataset.to_string(),
+            question,
+            answer: r.ground_truth.answer_text(),
+            subject: None,
+            level: None,
+            solution: r.ground_truth.solution.filter(|s| !s.is_empty()),
+        });
+    }
+    if v.get("dataset").is_some()
+        && v.get("question").is_some()
+        && v.get("answer").is_some()
+        && v.get("id").is_some()
+    {
+        return serde_json::from_value(v).map_err(|e| e.to_string());
+    }
+    let id = text_of(&v, "idx")
+        .or_else(|| text_of(&v, "id"))
+        .map(|i| format!("{dataset}-{i}"))
+        .unwrap_or(fallback_id);
+    // ASDiv: body + question, answer "9 (apples)".
+    if let (Some(body), Some(q)) = (text_of(&v, "body"), text_of(&v, "question")) {
+        let answer = text_of(&v, "answer").ok_or("no answer")?;
+        return Ok(Problem {
+            id,
+            dataset: dataset.to_string(),
+            question: format!("{} {}", body.trim(), q.trim()),
+            answer,
+            subject: None,
+            level: None,
+            solution: text_of(&v, "formula"),
+        });
+    }
+    // ToRA SVAMP: Body + Question, Answer.
+    if let (Some(body), Some(q)) = (text_of(&v, "Body"), text_of(&v, "Question")) {
+        let answer = text_of(&v, "Answer").ok_or("no answer")?;
+        return Ok(Problem {
+            id,
+            dataset: dataset.to_string(),
+            question: format!("{} {}", body.trim(), q.trim()),
+            answer,
+            subject: None,
+            level: None,
+            solution: text_of(&v, "Equation"),
+        });
+    }
+    // MAWPS / GSM-Hard: input + target.
+    if let (Some(q), Some(t)) = (text_of(&v, "input"), text_of(&v, "target")) {
+        return Ok(Problem {
+            id,
+            dataset: dataset.to_string(),
+            question: q,
+            answer: t,
+            subject: None,
+            level: None,
+            solution: text_of(&v, "code"),
+        });
+    }
+    // GSM8K original / generic: question + answer (with `#### `).
+    if let (Some(q), Some(a)) = (
+        text_of(&v, "question").or_else(|| text_of(&v, "problem")),
+        text_of(&v, "answer"),
+    ) {
+        let (solution, answer) = match a.rsplit_once("####") {
+            Some((sol, ans)) => (Some(sol.trim().to_string()), ans.trim().replace(',', "")),
+            None => (text_of(&v, "solution"), a),
+        };
+        return Ok(Problem {
+            id,
+            dataset: dataset.to_string(),
+            question: q,
+            answer,
+            subject: text_of(&v, "type").filter(|_| dataset.starts_with("math")),
+            level: None,
+            solution,
+        });
+    }
+    Err("unrecognised record format (expected messages/ground_truth, question/answer, body/question, input/target)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_benchmark_loads_with_its_size() {
+        let sizes = [
+            (Benchmark::Gsm8k, 1319),
+            (Benchmark::Math, 5000),
+            (Benchmark::Math500, 500),
+            (Benchmark::Svamp, 1000),
+            (Benchmark::Mathematics, 1000),
+            (Benchmark::SimulEq, 514),
+            (Benchmark::Asdiv, 2215),
+            (Benchmark::GsmHard, 1319),
+            (Benchmark::Mawps, 2065),
+        ];
+        for (b, n) in sizes {
+            let ps = b.load().unwrap();
+            assert_eq!(ps.len(), n, "{}", b.name());
+            let mut ids: Vec<&str> = ps.iter().map(|p| p.id.as_str()).collect();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(ids.len(), n, "ids of {} are unique", b.name());
+            assert!(
+                ps.iter()
+                    .all(|p| !p.question.is_empty() && !p.answer.is_empty()),
+                "{}",
+                b.name()
+            );
+        }
+    }
+
+    #[test]
+    fn math_has_subject_and_level_for_every_problem() {
+        let ps = Benchmark::Math.load().unwrap();
+        assert!(ps
+            .iter()
+            .all(|p| p.subject.is_some() && matches!(p.level, Some(1..=5))));
+        let mut subjects: Vec<&str> = ps.iter().filter_map(|p| p.subject.as_deref()).collect();
+        subjects.sort();
+        subjects.dedup();
+        assert_eq!(subjects.len(), 7, "{subjects:?}");
+        let algebra = ps
+            .iter()
+            .filter(|p| p.subject.as_deref() == Some("algebra"))
+            .count();
+        assert_eq!(algebra, 1187);
+        assert!(Benchmark::Math500
+            .load()
+            .unwrap()
+            .iter()
+            .all(|p| p.level.is_some()));
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for b in Benchmark::ALL {
+            assert_eq!(Benchmark::from_name(b.name()), Some(b));
+        }
+        assert_eq!(Benchmark::from_name("minival"), Some(Benchmark::Math500));
+        assert!(Benchmark::from_name("nope").is_none());
+    }
+
+    #[test]
+    fn gsm8k_original_format() {
+        let text = r#"{"question": "How many?", "answer": "2 + 2 = 4\n#### 1,004"}"#;
+        let mut out = Vec::new();
+        parse_problems(text, "gsm8k", "t", 0, &mut out).unwrap();
+        assert_eq!(out[0].answer, "1004");
+        assert_eq!(out[0].id, "gsm8k-1");
+        let err = parse_problems("{\"x\": 1}", "d", "t.jsonl", 0, &mut out).unwrap_err();
+        assert!(err.to_string().contains("t.jsonl: line 1"), "{err}");
+    }
+}
