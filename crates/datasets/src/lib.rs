@@ -302,31 +302,23 @@ fn problem_from_value(v: Value, dataset: &str, index: usize) -> Result<Problem, 
         .or_else(|| text_of(&v, "id"))
         .map(|i| format!("{dataset}-{i}"))
         .unwrap_or(fallback_id);
-    // ASDiv: body + question, answer "9 (apples)".
-    if let (Some(body), Some(q)) = (text_of(&v, "body"), text_of(&v, "question")) {
-        let answer = text_of(&v, "answer").ok_or("no answer")?;
-        return Ok(Problem {
-            id,
-            dataset: dataset.to_string(),
-            question: format!("{} {}", body.trim(), q.trim()),
-            answer,
-            subject: None,
-            level: None,
-            solution: text_of(&v, "formula"),
-        });
-    }
-    // ToRA SVAMP: Body + Question, Answer.
-    if let (Some(body), Some(q)) = (text_of(&v, "Body"), text_of(&v, "Question")) {
-        let answer = text_of(&v, "Answer").ok_or("no answer")?;
-        return Ok(Problem {
-            id,
-            dataset: dataset.to_string(),
-            question: format!("{} {}", body.trim(), q.trim()),
-            answer,
-            subject: None,
-            level: None,
-            solution: text_of(&v, "Equation"),
-        });
+    // ASDiv (`body`, `question`, `answer` "9 (apples)", `formula`) and ToRA's SVAMP (`Body`,
+    // `Question`, `Answer`, `Equation`).
+    for [body, question, answer, solution] in [
+        ["body", "question", "answer", "formula"],
+        ["Body", "Question", "Answer", "Equation"],
+    ] {
+        if let (Some(b), Some(q)) = (text_of(&v, body), text_of(&v, question)) {
+            return Ok(Problem {
+                id,
+                dataset: dataset.to_string(),
+                question: format!("{} {}", b.trim(), q.trim()),
+                answer: text_of(&v, answer).ok_or("no answer")?,
+                subject: None,
+                level: None,
+                solution: text_of(&v, solution),
+            });
+        }
     }
     // MAWPS / GSM-Hard: input + target.
     if let (Some(q), Some(t)) = (text_of(&v, "input"), text_of(&v, "target")) {
