@@ -23,6 +23,12 @@ enum Command {
     Datasets(commands::datasets::Args),
     /// Compare one answer with a gold answer and explain the verdict.
     Compare(commands::compare::Args),
+    /// Provision (or check) the Python environment sessions run in.
+    Setup(commands::sandbox::SetupArgs),
+    /// Run Python cells in one sandboxed session and print each result.
+    Exec(commands::sandbox::ExecArgs),
+    /// Re-execute the code cells of released outputs and compare with the recorded executions.
+    Audit(commands::sandbox::AuditArgs),
     /// Benchmarks (speed figures).
     #[command(subcommand)]
     Bench(commands::bench::Bench),
@@ -35,6 +41,9 @@ fn main() {
         Command::Table2(a) => commands::table2::run(a),
         Command::Datasets(a) => commands::datasets::run(a),
         Command::Compare(a) => commands::compare::run(a),
+        Command::Setup(a) => commands::sandbox::setup(a),
+        Command::Exec(a) => commands::sandbox::exec(a),
+        Command::Audit(a) => commands::sandbox::audit(a),
         Command::Bench(b) => commands::bench::run(b),
     };
     match result {

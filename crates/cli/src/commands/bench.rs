@@ -10,6 +10,21 @@ use super::{data_dir, GradeArgs};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Bench {
+    /// Sandbox latency: session start and cell round trips (p50/p99), cells per second.
+    Sandbox {
+        /// Sessions to start (sequentially).
+        #[arg(long, default_value_t = 200)]
+        sessions: usize,
+        /// Trivial cells per session.
+        #[arg(long, default_value_t = 5)]
+        cells: usize,
+        /// Also measure a real Jupyter kernel the same way (installs jupyter_client and ipykernel
+        /// into a separate benchmark environment).
+        #[arg(long)]
+        jupyter: bool,
+        #[command(flatten)]
+        sandbox: super::sandbox::SandboxArgs,
+    },
     /// Grading throughput on one core over released outputs, and worst-case inputs.
     Grade {
         /// Directory of output files (default: the vendored released outputs).
@@ -24,6 +39,12 @@ pub enum Bench {
 
 pub fn run(b: Bench) -> Result<i32> {
     match b {
+        Bench::Sandbox {
+            sessions,
+            cells,
+            jupyter,
+            sandbox,
+        } => super::sandbox::bench(sessions, cells, jupyter, sandbox),
         Bench::Grade {
             dir,
             passes,

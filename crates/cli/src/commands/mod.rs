@@ -2,6 +2,7 @@ pub mod bench;
 pub mod compare;
 pub mod datasets;
 pub mod grade;
+pub mod sandbox;
 pub mod table2;
 
 use clap::ValueEnum;
