@@ -148,3 +148,57 @@ fn table2_check_passes_on_vendored_outputs() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("MathCoder-L-7B"));
 }
+
+#[test]
+fn exec_runs_cells_in_one_session() {
+    let out = bin()
+        .args([
+            "exec",
+            "--format",
+            "json",
+            "--cells",
+            r#"["a = 20", "a + 22", "1/0", "print('x')"]"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.len(), 4);
+    assert_eq!(v[0]["text"], "<empty_execution>");
+    assert_eq!(v[1]["text"], "42");
+    assert_eq!(v[1]["kind"], "ok");
+    assert_eq!(v[2]["kind"], "error");
+    assert!(v[2]["text"].as_str().unwrap().contains("ZeroDivisionError"));
+    assert_eq!(v[3]["text"], "x");
+    assert!(v[1]["duration_ms"].as_f64().unwrap() >= 0.0);
+}
+
+#[test]
+fn exec_reports_a_bad_interpreter_clearly() {
+    let out = bin()
+        .args([
+            "exec",
+            "--python",
+            "/nonexistent/python3",
+            "--cells",
+            "[\"1\"]",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/python3") && err.contains("not a working Python"),
+        "{err}"
+    );
+    let out = bin()
+        .args(["exec", "--cells", "not json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("JSON array"));
+}

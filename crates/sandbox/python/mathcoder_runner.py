@@ -218,7 +218,10 @@ def zygote():
         libc().malloc_trim(0)
     except Exception:
         pass
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # SIGCHLD wakes the loop (through a wakeup pipe) so that exits are reported at once.
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     send_frame(control, {"op": "ready", "pid": os.getpid(), "versions": versions, "landlock_abi": landlock_abi()})
     config = recv_frame(control)
     if config is None or config.get("op") != "configure":
@@ -230,6 +233,7 @@ def zygote():
     sel = selectors.DefaultSelector()
     sel.register(control, selectors.EVENT_READ, "control")
     sel.register(LIFELINE_FD, selectors.EVENT_READ, "lifeline")
+    sel.register(wake_r, selectors.EVENT_READ, "sigchld")
     spares = []  # (pid, parent socket) of forked, waiting sessions
     while True:
         # Refill one spare at a time, and only when no request is waiting: forking blocks the
@@ -242,6 +246,13 @@ def zygote():
             if key.data == "lifeline":
                 if not os.read(LIFELINE_FD, 1):
                     os._exit(0)
+                continue
+            if key.data == "sigchld":
+                try:
+                    while os.read(wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
                 continue
             req = recv_frame(control)
             if req is None:
@@ -365,7 +376,10 @@ class Capture:
         return False
 
     def fileno(self):
-        raise OSError("the sandbox's streams have no file descriptor")
+        # As ipykernel's streams (and any in-memory stream) do; libraries catch exactly this.
+        import io
+
+        raise io.UnsupportedOperation("fileno")
 
     def value(self):
         return "".join(self.parts)
@@ -588,6 +602,8 @@ def install_hooks(shell, results):
 
 
 def session_main(sock, shell, config):
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The session socket on a high descriptor, so a cell closing 0-2 cannot break it.

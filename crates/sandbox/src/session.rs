@@ -274,7 +274,7 @@ impl Session {
     async fn crashed(&mut self, start: Instant, restarted: bool) -> ExecutionResult {
         let live = self.live.take().expect("live session");
         let mut reason = "the Python process died".to_string();
-        for _ in 0..40 {
+        for _ in 0..200 {
             if let Some(e) = live.zygote.exit_of(live.pid) {
                 reason = match e {
                     Exit::Signal(s) => {

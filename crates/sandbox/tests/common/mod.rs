@@ -1,0 +1,49 @@
+//! Shared set-up: one sandbox per test binary over the provisioned environment (created on
+//! first use, as `mathcoder setup` would; needs network access to PyPI the first time).
+
+use mathcoder_sandbox::{env, EnvSpec, Limits, Sandbox, SandboxConfig};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub const TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn sandbox() -> Sandbox {
+    static S: OnceLock<Sandbox> = OnceLock::new();
+    S.get_or_init(|| {
+        let env = env::ensure(&EnvSpec::default(), &|l| eprintln!("setup: {l}"))
+            .expect("Python environment");
+        let config = SandboxConfig {
+            limits: Limits {
+                cell_timeout: TIMEOUT,
+                interrupt_grace: Duration::from_secs(1),
+                address_space: 2 << 30,
+                max_output: 64 * 1024,
+                ..Limits::default()
+            },
+            ..SandboxConfig::default()
+        };
+        Sandbox::new(env, config).expect("sandbox")
+    })
+    .clone()
+}
+
+/// Is a process gone (or a zombie about to be reaped)?
+pub fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+pub async fn wait_gone(pid: i32) -> bool {
+    for _ in 0..100 {
+        if process_gone(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
