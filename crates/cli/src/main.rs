@@ -27,6 +27,13 @@ enum Command {
     Setup(commands::sandbox::SetupArgs),
     /// Run Python cells in one sandboxed session and print each result.
     Exec(commands::sandbox::ExecArgs),
+    /// Solve one problem with a model, streaming its blocks and executions.
+    Solve(commands::run::SolveArgs),
+    /// Run a benchmark through a model: concurrent, resumable, graded, reported.
+    Eval(commands::run::EvalArgs),
+    /// Serve recorded MathCoder blocks over the TGI and OpenAI protocols (tests, benchmarks).
+    #[command(hide = true)]
+    ReplayServer(commands::run::ReplayArgs),
     /// Re-execute the code cells of released outputs and compare with the recorded executions.
     Audit(commands::sandbox::AuditArgs),
     /// Benchmarks (speed figures).
@@ -44,6 +51,9 @@ fn main() {
         Command::Setup(a) => commands::sandbox::setup(a),
         Command::Exec(a) => commands::sandbox::exec(a),
         Command::Audit(a) => commands::sandbox::audit(a),
+        Command::Solve(a) => commands::run::solve(a),
+        Command::Eval(a) => commands::run::eval(a),
+        Command::ReplayServer(a) => commands::run::replay(a),
         Command::Bench(b) => commands::bench::run(b),
     };
     match result {

@@ -65,6 +65,7 @@ pub const PINS: &[&str] = &[
     "pexpect==4.8.0",
     "ptyprocess==0.7.0",
     "six==1.16.0",
+    "typing_extensions==4.7.1; python_version < '3.10'",
 ];
 
 /// Oldest and newest Python minor versions the pins have wheels for.

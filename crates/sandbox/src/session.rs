@@ -11,7 +11,7 @@ use crate::zygote::{Exit, Spawned, Zygote};
 use crate::{render, Inner, SandboxError};
 
 /// How a cell ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutionKind {
     Ok,

@@ -2,6 +2,7 @@ pub mod bench;
 pub mod compare;
 pub mod datasets;
 pub mod grade;
+pub mod run;
 pub mod sandbox;
 pub mod table2;
 

@@ -28,6 +28,7 @@ pub fn sandbox() -> Sandbox {
 }
 
 /// Is a process gone (or a zombie about to be reaped)?
+#[allow(dead_code)]
 pub fn process_gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
@@ -38,6 +39,7 @@ pub fn process_gone(pid: i32) -> bool {
     }
 }
 
+#[allow(dead_code)]
 pub async fn wait_gone(pid: i32) -> bool {
     for _ in 0..100 {
         if process_gone(pid) {

@@ -1,0 +1,359 @@
+//! Running a benchmark end to end: problems -> the generate/execute loop -> graded records in the
+//! authors' output format -> report.
+//!
+//! Records are appended to `results.jsonl` as each problem finishes (one `write` and an `fsync`
+//! per record), so a run killed at any moment loses only the problems in flight. Running the same
+//! command again resumes: a torn last line is cut off, finished (problem, sample) pairs are
+//! skipped, and `run.json` guards against resuming with different settings.
+
+pub mod aggregate;
+
+use mathcoder_datasets::Problem;
+use mathcoder_grade::{Dataset, Grader, Verdict};
+use mathcoder_lce::record::{DebugEntry, GroundTruth, Message, OutputRecord};
+use mathcoder_lce::{pyjson, DEFAULT_SYSTEM_PROMPT};
+use mathcoder_llm::Backend;
+use mathcoder_sandbox::Sandbox;
+use mathcoder_solve::{solve, Outcome, SolveConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{mpsc, Semaphore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} already holds a run with different settings ({1}); use another --out directory")]
+    Mismatch(PathBuf, String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |source| RunError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What makes two runs the same run (checked on resume).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunIdentity {
+    pub dataset: String,
+    pub samples: usize,
+    pub backend: String,
+    pub max_blocks: usize,
+    pub max_new_tokens: u32,
+    pub temperature: f32,
+    pub system: String,
+}
+
+/// A run's settings.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub out: PathBuf,
+    pub concurrency: usize,
+    /// Samples per problem (seeds `seed + i`).
+    pub samples: usize,
+    pub solve: SolveConfig,
+    pub conventions: Dataset,
+    pub retry_failed: bool,
+}
+
+/// Progress events.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// (already done, to do) at start.
+    Start { done: usize, todo: usize },
+    /// One (problem, sample) finished.
+    Finished { correct: bool, failed: bool },
+}
+
+/// The output files of a run.
+pub fn results_path(out: &Path) -> PathBuf {
+    out.join("results.jsonl")
+}
+
+/// Reads the finished (id, sample) keys of a results file, cutting off a torn last line.
+/// Failed records are dropped from the file when `drop_failed` is set, so they run again.
+pub fn load_done(path: &Path, drop_failed: bool) -> Result<HashSet<(String, usize)>, RunError> {
+    let mut done = HashSet::new();
+    let Ok(bytes) = std::fs::read(path) else {
+        return Ok(done);
+    };
+    let mut keep_len = 0usize;
+    let mut kept: Vec<&[u8]> = Vec::new();
+    let mut rewrite = false;
+    let mut pos = 0usize;
+    for line in bytes.split_inclusive(|b| *b == b'\n') {
+        pos += line.len();
+        if !line.ends_with(b"\n") {
+            // Torn write: drop it.
+            rewrite = true;
+            break;
+        }
+        let v: Value = match serde_json::from_slice(line) {
+            Ok(v) => v,
+            Err(_) => {
+                rewrite = true;
+                continue;
+            }
+        };
+        let id = v["id"].as_str().map(String::from).unwrap_or_default();
+        let sample = v["mathcoder"]["sample"].as_u64().unwrap_or(0) as usize;
+        let failed = v["mathcoder"]["failed"].as_bool().unwrap_or(false);
+        if drop_failed && failed {
+            rewrite = true;
+            continue;
+        }
+        if !done.insert((id, sample)) {
+            // A duplicate (should not happen): keep the first.
+            rewrite = true;
+            continue;
+        }
+        kept.push(line);
+        keep_len = pos;
+    }
+    if rewrite {
+        let tmp = path.with_extension("jsonl.tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        for l in &kept {
+            f.write_all(l).map_err(io(&tmp))?;
+        }
+        f.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))?;
+    }
+    let _ = keep_len;
+    Ok(done)
+}
+
+/// Builds the output record (the authors' format plus a `mathcoder` object).
+pub fn output_record(
+    p: &Problem,
+    sample: usize,
+    outcome: &Outcome,
+    verdict: &Verdict,
+    config: &SolveConfig,
+    backend: &str,
+) -> OutputRecord {
+    let text = |s: &str| Message {
+        role: String::new(),
+        content: vec![mathcoder_lce::record::ContentPart {
+            kind: "text".into(),
+            content: s.to_string(),
+            extra: Map::new(),
+        }],
+        extra: Map::new(),
+    };
+    let mut system = text(&config.template.system);
+    system.role = "system".into();
+    let mut user = text(&p.question);
+    user.role = "user".into();
+    let mut debug = vec![
+        DebugEntry {
+            role: "system".into(),
+            content: config.template.system.clone(),
+            extra: Map::new(),
+        },
+        DebugEntry {
+            role: "user".into(),
+            content: p.question.clone(),
+            extra: Map::new(),
+        },
+    ];
+    debug.extend(outcome.blocks.iter().map(DebugEntry::from_block));
+    let mut extra = Map::new();
+    extra.insert(
+        "mathcoder".into(),
+        json!({
+            "sample": sample,
+            "dataset": p.dataset,
+            "subject": p.subject,
+            "level": p.level,
+            "stop": outcome.stop.label(),
+            "stop_detail": outcome.stop,
+            "failed": outcome.stop.is_failure(),
+            "model_blocks": outcome.model_blocks(),
+            "rounds": outcome.rounds.len(),
+            "total_ms": outcome.total_ms,
+            "generate_ms": outcome.generate_ms,
+            "execute_ms": outcome.execute_ms,
+            "backend": backend,
+            "extracted": verdict.extracted,
+            "correct": verdict.correct,
+            "reason": verdict.reason,
+        }),
+    );
+    OutputRecord {
+        id: Some(Value::String(p.id.clone())),
+        messages: vec![system, user],
+        ground_truth: GroundTruth {
+            solution: p.solution.clone(),
+            answer: Value::String(p.answer.clone()),
+            extra: Map::new(),
+        },
+        debug_result: debug,
+        completion: outcome.completion().to_string(),
+        model_answer: None,
+        extra,
+    }
+}
+
+/// Runs `problems` (each `config.samples` times) and appends the records to `out/results.jsonl`.
+/// Returns the number of records written by this call.
+pub async fn run(
+    problems: &[Problem],
+    identity: &RunIdentity,
+    backend: Arc<dyn Backend>,
+    sandbox: Sandbox,
+    grader: Arc<Grader>,
+    config: &RunConfig,
+    progress: Arc<dyn Fn(Event) + Send + Sync>,
+) -> Result<usize, RunError> {
+    if config.samples == 0 || config.concurrency == 0 {
+        return Err(RunError::Invalid(
+            "--samples and --concurrency must be at least 1".into(),
+        ));
+    }
+    std::fs::create_dir_all(&config.out).map_err(io(&config.out))?;
+    let ident_path = config.out.join("run.json");
+    match std::fs::read(&ident_path) {
+        Ok(b) => {
+            let old: RunIdentity = serde_json::from_slice(&b)
+                .map_err(|e| RunError::Invalid(format!("{}: {e}", ident_path.display())))?;
+            if &old != identity {
+                return Err(RunError::Mismatch(config.out.clone(), diff(&old, identity)));
+            }
+        }
+        Err(_) => {
+            std::fs::write(
+                &ident_path,
+                serde_json::to_vec_pretty(identity).unwrap_or_default(),
+            )
+            .map_err(io(&ident_path))?;
+        }
+    }
+    let path = results_path(&config.out);
+    let done = load_done(&path, config.retry_failed)?;
+    let todo: Vec<(usize, usize)> = problems
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| {
+            (0..config.samples)
+                .map(move |s| (i, s))
+                .filter(|(_, s)| !done.contains(&(p.id.clone(), *s)))
+        })
+        .collect::<Vec<_>>();
+    let todo: Vec<(usize, usize)> = todo
+        .into_iter()
+        .filter(|(i, s)| !done.contains(&(problems[*i].id.clone(), *s)))
+        .collect();
+    progress(Event::Start {
+        done: done.len(),
+        todo: todo.len(),
+    });
+
+    // One writer: each record is one write followed by fsync.
+    let (tx, mut rx) = mpsc::channel::<String>(256);
+    let wpath = path.clone();
+    let writer = tokio::task::spawn_blocking(move || -> Result<usize, RunError> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&wpath)
+            .map_err(io(&wpath))?;
+        let mut n = 0;
+        while let Some(line) = rx.blocking_recv() {
+            f.write_all(line.as_bytes()).map_err(io(&wpath))?;
+            f.sync_data().map_err(io(&wpath))?;
+            n += 1;
+        }
+        Ok(n)
+    });
+
+    let permits = Arc::new(Semaphore::new(config.concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    let problems: Arc<Vec<Problem>> = Arc::new(problems.to_vec());
+    for (i, s) in todo {
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| RunError::Invalid("closed".into()))?;
+        let (problems, backend, sandbox, grader, tx, progress) = (
+            problems.clone(),
+            backend.clone(),
+            sandbox.clone(),
+            grader.clone(),
+            tx.clone(),
+            progress.clone(),
+        );
+        let mut solve_cfg = config.solve.clone();
+        if config.samples > 1 {
+            solve_cfg.seed = Some(solve_cfg.seed.unwrap_or(0) + s as u64);
+        }
+        let conventions = config.conventions;
+        let backend_name = identity.backend.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let p = &problems[i];
+            let outcome = solve(&p.question, backend.as_ref(), &sandbox, &solve_cfg, &mut ()).await;
+            let verdict = grader.grade(
+                conventions,
+                &p.answer,
+                outcome.completion(),
+                Some(&p.question),
+            );
+            let record = output_record(p, s, &outcome, &verdict, &solve_cfg, &backend_name);
+            let mut line = pyjson::to_string(&record).unwrap_or_default();
+            line.push('\n');
+            let failed = outcome.stop.is_failure();
+            let _ = tx.send(line).await;
+            progress(Event::Finished {
+                correct: verdict.correct,
+                failed,
+            });
+        });
+        // Reap finished tasks as we go, so the set does not grow without bound.
+        while let Some(r) = tasks.try_join_next() {
+            r.map_err(|e| RunError::Invalid(format!("task: {e}")))?;
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| RunError::Invalid(format!("task: {e}")))?;
+    }
+    drop(tx);
+    writer
+        .await
+        .map_err(|e| RunError::Invalid(format!("writer: {e}")))?
+}
+
+fn diff(a: &RunIdentity, b: &RunIdentity) -> String {
+    let (va, vb) = (
+        serde_json::to_value(a).unwrap_or_default(),
+        serde_json::to_value(b).unwrap_or_default(),
+    );
+    let mut out = Vec::new();
+    if let (Value::Object(ma), Value::Object(mb)) = (va, vb) {
+        for (k, x) in &ma {
+            if mb.get(k) != Some(x) {
+                out.push(format!(
+                    "{k}: {x} then, {} now",
+                    mb.get(k).cloned().unwrap_or(Value::Null)
+                ));
+            }
+        }
+    }
+    out.join("; ")
+}
+
+/// The default system prompt (re-exported for callers building identities).
+pub const SYSTEM: &str = DEFAULT_SYSTEM_PROMPT;
