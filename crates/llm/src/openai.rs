@@ -41,6 +41,14 @@ impl OpenAi {
             plain: AtomicBool::new(false),
         })
     }
+
+    /// Whether to send the vLLM/SGLang extensions (on by default; they are dropped automatically
+    /// when a server rejects them). Without them the server strips special tokens and stop
+    /// strings, and the client restores them.
+    pub fn with_extensions(self, on: bool) -> OpenAi {
+        self.plain.store(!on, Ordering::Relaxed);
+        self
+    }
 }
 
 /// The request body; `extensions` adds vLLM/SGLang's fields for special tokens, stop strings and
@@ -144,6 +152,10 @@ pub fn looks_like_code(text: &str) -> bool {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("");
+    // C preprocessor lines and LaTeX are prose (or degenerate output), not Python.
+    if first.starts_with("#include") || first.starts_with("#define") {
+        return false;
+    }
     let starts = [
         "import ", "from ", "def ", "for ", "while ", "if ", "print(", "return ", "class ", "#",
         "try:", "with ",
@@ -151,8 +163,12 @@ pub fn looks_like_code(text: &str) -> bool {
     if starts.iter().any(|s| first.starts_with(s)) {
         return true;
     }
-    // `name = expression` (or `a, b = ...`, `x[i] += ...`) as the first line.
-    if let Some((lhs, _)) = first.split_once('=') {
+    // `name = expression` (or `a, b = ...`, `x[i] += ...`) as the first line, where the
+    // expression has no dollar amounts, LaTeX or Java-style blocks.
+    if let Some((lhs, rhs)) = first.split_once('=') {
+        if rhs.contains('$') || rhs.contains('\\') || rhs.contains("{{") || rhs.contains("new ") {
+            return false;
+        }
         let lhs = lhs.trim_end_matches(['+', '-', '*', '/']).trim();
         let identifier = |p: &str| {
             let p = p.trim();
@@ -251,6 +267,15 @@ mod tests {
         assert!(looks_like_code("# compute\nx"));
         assert!(!looks_like_code("Let's compute the total cost."));
         assert!(!looks_like_code("The value of x = 5 is right."));
+        // Degenerate text blocks seen in released outputs.
+        assert!(!looks_like_code(
+            "peanuts = $2.40\n- Price of cashews = $6.00"
+        ));
+        assert!(!looks_like_code("y = 60 \\\\\n0.4x + 0.55y = 60"));
+        assert!(!looks_like_code("\nx = 105 - \\frac{y}{105}\n\\]"));
+        assert!(!looks_like_code("#include \"../common/util.h\"\n"));
+        assert!(!looks_like_code("PES = new ArrayList<NumberType>() {{\n"));
+        assert!(looks_like_code("price = 2.40\nprice * 3"));
     }
 
     #[test]

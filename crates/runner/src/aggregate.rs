@@ -29,6 +29,9 @@ pub struct Summary {
     pub mean_total_ms: f64,
     pub mean_generate_ms: f64,
     pub mean_execute_ms: f64,
+    /// Agreement with recorded outputs (`--reference`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<crate::reference::Comparison>,
 }
 
 /// Summarises `results.jsonl`.
@@ -107,6 +110,7 @@ pub fn summarize(
         mean_total_ms: total / d,
         mean_generate_ms: gen / d,
         mean_execute_ms: exec / d,
+        reference: None,
     })
 }
 
@@ -135,4 +139,41 @@ fn majority_correct(
         }
     }
     best.is_some_and(|b| b.2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mathcoder_grade::GradeOptions;
+
+    #[test]
+    fn majority_and_pass_at_k() {
+        let rows = [
+            ("p1", 0, "5", true),
+            ("p1", 1, "5.0", true),
+            ("p1", 2, "6", false),
+            ("p2", 0, "1", false),
+            ("p2", 1, "2", false),
+            ("p2", 2, "3", true),
+        ];
+        let mut text = String::new();
+        for (id, s, ans, ok) in rows {
+            text.push_str(
+                &serde_json::json!({"id": id, "mathcoder": {"sample": s, "extracted": ans, "correct": ok, "failed": false, "stop": "end_of_message", "model_blocks": 4, "total_ms": 10.0}})
+                    .to_string(),
+            );
+            text.push('\n');
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.jsonl");
+        std::fs::write(&path, text).unwrap();
+        let g = Grader::new(GradeOptions::default());
+        let s = summarize(&path, "d", "b", Dataset::Generic, &g).unwrap();
+        assert_eq!((s.problems, s.samples, s.records, s.correct), (2, 3, 6, 3));
+        assert_eq!(s.maj_at_k, Some(0.5));
+        assert_eq!(s.pass_at_k, Some(1.0));
+        assert_eq!(s.pass_at_1, Some(0.5));
+        assert_eq!(s.mean_model_blocks, 4.0);
+        assert_eq!(s.stop_reasons["end_of_message"], 6);
+    }
 }

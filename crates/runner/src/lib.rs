@@ -7,6 +7,7 @@
 //! skipped, and `run.json` guards against resuming with different settings.
 
 pub mod aggregate;
+pub mod reference;
 
 use mathcoder_datasets::Problem;
 use mathcoder_grade::{Dataset, Grader, Verdict};
@@ -89,12 +90,9 @@ pub fn load_done(path: &Path, drop_failed: bool) -> Result<HashSet<(String, usiz
     let Ok(bytes) = std::fs::read(path) else {
         return Ok(done);
     };
-    let mut keep_len = 0usize;
     let mut kept: Vec<&[u8]> = Vec::new();
     let mut rewrite = false;
-    let mut pos = 0usize;
     for line in bytes.split_inclusive(|b| *b == b'\n') {
-        pos += line.len();
         if !line.ends_with(b"\n") {
             // Torn write: drop it.
             rewrite = true;
@@ -120,7 +118,6 @@ pub fn load_done(path: &Path, drop_failed: bool) -> Result<HashSet<(String, usiz
             continue;
         }
         kept.push(line);
-        keep_len = pos;
     }
     if rewrite {
         let tmp = path.with_extension("jsonl.tmp");
@@ -131,7 +128,6 @@ pub fn load_done(path: &Path, drop_failed: bool) -> Result<HashSet<(String, usiz
         f.sync_all().map_err(io(&tmp))?;
         std::fs::rename(&tmp, path).map_err(io(path))?;
     }
-    let _ = keep_len;
     Ok(done)
 }
 
@@ -183,6 +179,7 @@ pub fn output_record(
             "failed": outcome.stop.is_failure(),
             "model_blocks": outcome.model_blocks(),
             "rounds": outcome.rounds.len(),
+            "generated_tokens": outcome.rounds.iter().filter_map(|r| r.generated_tokens).map(u64::from).sum::<u64>(),
             "total_ms": outcome.total_ms,
             "generate_ms": outcome.generate_ms,
             "execute_ms": outcome.execute_ms,
@@ -223,6 +220,13 @@ pub async fn run(
             "--samples and --concurrency must be at least 1".into(),
         ));
     }
+    let mut ids = HashSet::new();
+    if let Some(p) = problems.iter().find(|p| !ids.insert(p.id.as_str())) {
+        return Err(RunError::Invalid(format!(
+            "problem id {:?} appears twice; ids must be unique to resume a run",
+            p.id
+        )));
+    }
     std::fs::create_dir_all(&config.out).map_err(io(&config.out))?;
     let ident_path = config.out.join("run.json");
     match std::fs::read(&ident_path) {
@@ -246,14 +250,7 @@ pub async fn run(
     let todo: Vec<(usize, usize)> = problems
         .iter()
         .enumerate()
-        .flat_map(|(i, p)| {
-            (0..config.samples)
-                .map(move |s| (i, s))
-                .filter(|(_, s)| !done.contains(&(p.id.clone(), *s)))
-        })
-        .collect::<Vec<_>>();
-    let todo: Vec<(usize, usize)> = todo
-        .into_iter()
+        .flat_map(|(i, _)| (0..config.samples).map(move |s| (i, s)))
         .filter(|(i, s)| !done.contains(&(problems[*i].id.clone(), *s)))
         .collect();
     progress(Event::Start {

@@ -25,6 +25,9 @@ pub enum Bench {
         #[command(flatten)]
         sandbox: super::sandbox::SandboxArgs,
     },
+    /// The generate/execute loop against a replay server: concurrency without serialisation
+    /// (per-token latency) and rounds per second (zero latency) vs the authors' 4 workers.
+    Runtime(super::bench_runtime::RuntimeArgs),
     /// Grading throughput on one core over released outputs, and worst-case inputs.
     Grade {
         /// Directory of output files (default: the vendored released outputs).
@@ -45,6 +48,7 @@ pub fn run(b: Bench) -> Result<i32> {
             jupyter,
             sandbox,
         } => super::sandbox::bench(sessions, cells, jupyter, sandbox),
+        Bench::Runtime(a) => super::bench_runtime::runtime(a),
         Bench::Grade {
             dir,
             passes,

@@ -228,6 +228,9 @@ pub struct EvalArgs {
     /// Run again the problems recorded as failed (backend or sandbox errors).
     #[arg(long)]
     retry_failed: bool,
+    /// Recorded outputs of the same model (files or directories) to compare final answers with.
+    #[arg(long, num_args = 1..)]
+    reference: Vec<PathBuf>,
     #[command(flatten)]
     backend: BackendArgs,
     #[command(flatten)]
@@ -347,7 +350,17 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
     ))?;
     pb.finish_and_clear();
     let results = mathcoder_runner::results_path(&a.out);
-    let summary = aggregate::summarize(&results, &name, &identity.backend, conventions, &grader)?;
+    let mut summary =
+        aggregate::summarize(&results, &name, &identity.backend, conventions, &grader)?;
+    if !a.reference.is_empty() {
+        let files = mathcoder_sandbox::audit::expand_inputs(&a.reference)?;
+        summary.reference = Some(mathcoder_runner::reference::compare(
+            &results,
+            &files,
+            conventions,
+            &grader,
+        )?);
+    }
     std::fs::write(
         a.out.join("summary.json"),
         serde_json::to_vec_pretty(&summary)?,
@@ -374,6 +387,26 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         )?;
     }
     writeln!(out, "  stop reasons: {:?}", summary.stop_reasons)?;
+    if let Some(c) = &summary.reference {
+        writeln!(
+            out,
+            "  vs reference: same final answer {}/{} ({:.2}%), equivalent but differently written {}, identical solutions {}, not in reference {}",
+            c.same_answer,
+            c.matched,
+            100.0 * c.same_answer_rate(),
+            c.equivalent_answer,
+            c.same_solution,
+            c.unmatched
+        )?;
+        for (id, ours, theirs) in c.differing.iter().take(10) {
+            writeln!(
+                out,
+                "    {id}: {} here, {} recorded",
+                ours.as_deref().unwrap_or("(none)"),
+                theirs.as_deref().unwrap_or("(none)")
+            )?;
+        }
+    }
     if summary.failed > 0 {
         writeln!(out, "  {} records failed (backend or sandbox errors); rerun with --retry-failed to try them again", summary.failed)?;
     }
@@ -407,6 +440,9 @@ pub struct ReplayArgs {
     /// Only this many faults (0: unlimited).
     #[arg(long, default_value_t = 0)]
     fault_limit: u64,
+    /// Reject vLLM's extension fields with a 400, as OpenAI's API does.
+    #[arg(long)]
+    openai_strict: bool,
 }
 
 pub fn replay(a: ReplayArgs) -> Result<i32> {
@@ -434,6 +470,7 @@ pub fn replay(a: ReplayArgs) -> Result<i32> {
         fault,
         fault_every: a.fault_every,
         fault_limit: a.fault_limit,
+        openai_strict: a.openai_strict,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {

@@ -339,9 +339,9 @@ pub fn bench(sessions: usize, cells: usize, jupyter: bool, args: SandboxArgs) ->
     Ok(0)
 }
 
-/// The same measurements on a real Jupyter kernel (jupyter_client + ipykernel), in a separate
-/// benchmark environment derived from the sandbox's interpreter.
-fn jupyter_baseline(sandbox: &Sandbox, sessions: usize, cells: usize) -> Result<()> {
+/// The Python of a separate benchmark environment with a real Jupyter stack (ipykernel 6.25.2,
+/// jupyter_client 8.3.1), derived from the sandbox's interpreter; created on first use.
+pub(crate) fn jupyter_python(sandbox: &Sandbox) -> Result<PathBuf> {
     let env = sandbox.env();
     let dir = env.dir.with_file_name(format!(
         "{}-jupyter-bench",
@@ -351,7 +351,8 @@ fn jupyter_baseline(sandbox: &Sandbox, sessions: usize, cells: usize) -> Result<
             .unwrap_or("env")
     ));
     let py = dir.join("bin/python");
-    if !py.exists() {
+    let marker = dir.join(".mathcoder-jupyter-ready");
+    if !marker.exists() {
         eprintln!(
             "creating the Jupyter benchmark environment at {}",
             dir.display()
@@ -377,7 +378,14 @@ fn jupyter_baseline(sandbox: &Sandbox, sessions: usize, cells: usize) -> Result<
         if !st.success() {
             bail!("installing ipykernel/jupyter_client failed");
         }
+        std::fs::write(&marker, "ipykernel==6.25.2 jupyter_client==8.3.1\n")?;
     }
+    Ok(py)
+}
+
+/// The same measurements on a real Jupyter kernel (jupyter_client + ipykernel).
+fn jupyter_baseline(sandbox: &Sandbox, sessions: usize, cells: usize) -> Result<()> {
+    let py = jupyter_python(sandbox)?;
     let script = r#"
 import sys, time, json, statistics
 from jupyter_client.manager import start_new_kernel

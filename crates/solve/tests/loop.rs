@@ -1,0 +1,215 @@
+//! The loop against a scripted backend and a real sandbox (provisioned on first use, as
+//! `mathcoder setup` does; needs network access to PyPI the first time).
+
+use async_trait::async_trait;
+use mathcoder_lce::{BlockKind, PromptTemplate};
+use mathcoder_llm::{Backend, BackendError, FinishReason, GenerateRequest, Generation};
+use mathcoder_sandbox::{env, EnvSpec, ExecutionKind, Limits, Sandbox, SandboxConfig};
+use mathcoder_solve::{solve, SolveConfig, StopReason};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+fn sandbox() -> Sandbox {
+    static S: OnceLock<Sandbox> = OnceLock::new();
+    S.get_or_init(|| {
+        let env = env::ensure(&EnvSpec::default(), &|l| eprintln!("setup: {l}"))
+            .expect("Python environment");
+        let config = SandboxConfig {
+            limits: Limits {
+                cell_timeout: Duration::from_secs(2),
+                ..Limits::default()
+            },
+            ..SandboxConfig::default()
+        };
+        Sandbox::new(env, config).expect("sandbox")
+    })
+    .clone()
+}
+
+/// Answers each call with the next scripted reply, and keeps the prompts it was sent.
+struct Script {
+    replies: Mutex<Vec<Result<(String, FinishReason), BackendError>>>,
+    prompts: Mutex<Vec<GenerateRequest>>,
+    /// When the script runs out: repeat the last reply.
+    repeat_last: bool,
+}
+
+impl Script {
+    fn new(replies: &[&str]) -> Script {
+        Script {
+            replies: Mutex::new(
+                replies
+                    .iter()
+                    .rev()
+                    .map(|r| Ok((r.to_string(), FinishReason::Stop)))
+                    .collect(),
+            ),
+            prompts: Mutex::new(Vec::new()),
+            repeat_last: false,
+        }
+    }
+    fn prompts(&self) -> Vec<GenerateRequest> {
+        self.prompts.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Backend for Script {
+    async fn generate(&self, req: &GenerateRequest) -> Result<Generation, BackendError> {
+        self.prompts.lock().unwrap().push(req.clone());
+        let mut r = self.replies.lock().unwrap();
+        let next = if self.repeat_last && r.len() == 1 {
+            r[0].clone()
+        } else {
+            r.pop()
+                .unwrap_or(Ok(("<|endofmessage|>".into(), FinishReason::Stop)))
+        };
+        next.map(|(text, finish)| Generation {
+            text,
+            finish,
+            prompt_tokens: None,
+            generated_tokens: Some(7),
+            retries: 0,
+        })
+    }
+    fn describe(&self) -> String {
+        "script".into()
+    }
+}
+
+const Q: &str = "What is one third of 1?";
+
+#[tokio::test]
+async fn a_solution_runs_its_code_and_splices_the_output_back() {
+    let b = Script::new(&[
+        "<|text|>Divide.<|endofblock|>",
+        "<|code|>x = 1/3\nprint(x)<|endofblock|>",
+        "<|code|>y = 2<|endofblock|>",
+        "<|code|>x + y<|endofblock|>",
+        "<|text|>The answer is $\\boxed{0.333333333333}$.<|endofblock|>",
+        "<|endofmessage|>",
+    ]);
+    let cfg = SolveConfig::default();
+    let o = solve(Q, &b, &sandbox(), &cfg, &mut ()).await;
+    assert_eq!(o.stop, StopReason::EndOfMessage);
+    let kinds: Vec<BlockKind> = o.blocks.iter().map(|b| b.kind).collect();
+    use BlockKind::*;
+    assert_eq!(
+        kinds,
+        [Text, Code, Execution, Code, Execution, Code, Execution, Text]
+    );
+    // Execution output is not rounded; generated blocks are.
+    assert_eq!(o.blocks[2].content, "0.3333333333333333");
+    assert_eq!(o.blocks[4].content, "<empty_execution>");
+    assert_eq!(o.blocks[6].content, "2.3333333333333335");
+    assert_eq!(o.completion(), "The answer is $\\boxed{0.333333}$.");
+    assert_eq!(o.model_blocks(), 5);
+    assert_eq!(o.rounds.len(), 6);
+    assert_eq!(o.rounds[1].execution_kind, Some(ExecutionKind::Ok));
+    // Each prompt is the previous one plus the round's text and the execution.
+    let p = b.prompts();
+    let t = PromptTemplate::mathcoder();
+    assert_eq!(p[0].prompt, t.render(Q));
+    assert_eq!(
+        p[2].prompt,
+        format!(
+            "{}<|text|>Divide.<|endofblock|><|code|>x = 1/3\nprint(x)<|endofblock|><|execution|>0.3333333333333333<|endofblock|>",
+            t.render(Q)
+        )
+    );
+    assert_eq!(p[5].prompt, t.render_partial(Q, &o.blocks));
+    assert!(p.iter().all(|r| r.max_new_tokens == 512
+        && r.truncate == Some(1536)
+        && r.temperature == 0.0
+        && r.stop == ["<|endofmessage|>", "<|endofblock|>"]));
+}
+
+#[tokio::test]
+async fn errors_and_timeouts_are_shown_to_the_model_and_state_persists() {
+    let b = Script::new(&[
+        "<|code|>import time\nz = 5\n1/0<|endofblock|>",
+        "<|code|>while True: pass<|endofblock|>",
+        "<|code|>print(z)<|endofblock|>",
+        "<|text|>$\\boxed{5}$<|endofblock|><|endofmessage|>",
+    ]);
+    let o = solve(Q, &b, &sandbox(), &SolveConfig::default(), &mut ()).await;
+    assert_eq!(o.stop, StopReason::EndOfMessage);
+    assert!(o.blocks[1].content.contains("ZeroDivisionError"));
+    assert_eq!(o.rounds[0].execution_kind, Some(ExecutionKind::Error));
+    assert_eq!(o.rounds[1].execution_kind, Some(ExecutionKind::Timeout));
+    assert_eq!(o.blocks[5].content, "5");
+    assert_eq!(o.completion(), "$\\boxed{5}$");
+    // The message ended in the same round as the block: no extra call.
+    assert_eq!(b.prompts().len(), 4);
+}
+
+#[tokio::test]
+async fn the_block_limit_stops_a_runaway_model() {
+    let mut b = Script::new(&["<|code|>print(1)<|endofblock|>"]);
+    b.repeat_last = true;
+    let cfg = SolveConfig {
+        max_blocks: 3,
+        ..SolveConfig::default()
+    };
+    let o = solve(Q, &b, &sandbox(), &cfg, &mut ()).await;
+    assert_eq!(o.stop, StopReason::BlockLimit);
+    assert_eq!(o.model_blocks(), 3);
+    assert_eq!(o.blocks.len(), 6);
+    assert_eq!(b.prompts().len(), 3);
+}
+
+#[tokio::test]
+async fn a_backend_failure_keeps_the_blocks_so_far() {
+    let b = Script::new(&["<|text|>Start.<|endofblock|>"]);
+    b.replies.lock().unwrap().insert(
+        0,
+        Err(BackendError::Server {
+            url: "u".into(),
+            status: 503,
+            body: "overloaded".into(),
+        }),
+    );
+    let o = solve(Q, &b, &sandbox(), &SolveConfig::default(), &mut ()).await;
+    match &o.stop {
+        StopReason::BackendError(m) => assert!(m.contains("overloaded"), "{m}"),
+        s => panic!("{s:?}"),
+    }
+    assert!(o.stop.is_failure());
+    assert_eq!(o.blocks.len(), 1);
+}
+
+#[tokio::test]
+async fn empty_generations_and_end_of_sequence_stop_with_length() {
+    let b = Script::new(&["<|text|>Start.<|endofblock|>", ""]);
+    let o = solve(Q, &b, &sandbox(), &SolveConfig::default(), &mut ()).await;
+    assert_eq!(o.stop, StopReason::Length);
+    assert_eq!(o.blocks.len(), 1);
+
+    let b = Script::new(&[]);
+    b.replies.lock().unwrap().push(Ok((
+        "<|text|>Half a thought".into(),
+        FinishReason::EndOfSequence,
+    )));
+    let o = solve(Q, &b, &sandbox(), &SolveConfig::default(), &mut ()).await;
+    assert_eq!(o.stop, StopReason::Length);
+    assert_eq!(o.completion(), "Half a thought");
+}
+
+#[tokio::test]
+async fn a_token_limited_block_goes_on_in_the_next_round_as_the_authors_did() {
+    let b = Script::new(&[]);
+    {
+        let mut r = b.replies.lock().unwrap();
+        r.push(Ok(("<|endofmessage|>".into(), FinishReason::Stop)));
+        r.push(Ok((" is 1/3.<|endofblock|>".into(), FinishReason::Stop)));
+        r.push(Ok(("<|text|>The answer".into(), FinishReason::Length)));
+    }
+    let o = solve(Q, &b, &sandbox(), &SolveConfig::default(), &mut ()).await;
+    assert_eq!(o.stop, StopReason::EndOfMessage);
+    // The prompt holds the cut text, then its continuation.
+    let p = b.prompts();
+    assert!(p[2]
+        .prompt
+        .ends_with("<|assistant|><|text|>The answer is 1/3.<|endofblock|>"));
+    assert_eq!(o.rounds[0].finish, Some(FinishReason::Length));
+}
