@@ -8,7 +8,7 @@ use mathcoder_llm::tgi::Tgi;
 use mathcoder_llm::Backend;
 use mathcoder_replay::{serve, Fault, Recordings, ReplayConfig, Server};
 use mathcoder_runner::{aggregate, load_done, results_path, run, Event, RunConfig, RunIdentity};
-use mathcoder_sandbox::{env, EnvSpec, Sandbox, SandboxConfig};
+use mathcoder_sandbox::{EnvSpec, Sandbox, SandboxConfig};
 use mathcoder_solve::SolveConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -18,9 +18,10 @@ use std::time::Duration;
 fn sandbox() -> Sandbox {
     static S: OnceLock<Sandbox> = OnceLock::new();
     S.get_or_init(|| {
-        let env = env::ensure(&EnvSpec::default(), &|l| eprintln!("setup: {l}"))
-            .expect("Python environment");
-        Sandbox::new(env, SandboxConfig::default()).expect("sandbox")
+        Sandbox::provision(&EnvSpec::default(), SandboxConfig::default(), &|l| {
+            eprintln!("setup: {l}")
+        })
+        .expect("sandbox")
     })
     .clone()
 }

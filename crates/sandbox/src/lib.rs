@@ -186,6 +186,15 @@ impl Sandbox {
         })
     }
 
+    /// Provisions (or checks) the environment `spec` describes, then creates a sandbox over it.
+    pub fn provision(
+        spec: &EnvSpec,
+        config: SandboxConfig,
+        progress: &dyn Fn(&str),
+    ) -> Result<Sandbox, SandboxError> {
+        Sandbox::new(env::ensure(spec, progress)?, config)
+    }
+
     /// Starts the zygote now; returns the versions it runs.
     pub async fn warm_up(&self) -> Result<Versions, SandboxError> {
         Ok(self.inner.zygote().await?.versions.clone())

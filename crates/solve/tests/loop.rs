@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use mathcoder_lce::{BlockKind, PromptTemplate};
 use mathcoder_llm::{Backend, BackendError, FinishReason, GenerateRequest, Generation};
-use mathcoder_sandbox::{env, EnvSpec, ExecutionKind, Limits, Sandbox, SandboxConfig};
+use mathcoder_sandbox::{EnvSpec, ExecutionKind, Limits, Sandbox, SandboxConfig};
 use mathcoder_solve::{solve, SolveConfig, StopReason};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -12,8 +12,6 @@ use std::time::Duration;
 fn sandbox() -> Sandbox {
     static S: OnceLock<Sandbox> = OnceLock::new();
     S.get_or_init(|| {
-        let env = env::ensure(&EnvSpec::default(), &|l| eprintln!("setup: {l}"))
-            .expect("Python environment");
         let config = SandboxConfig {
             limits: Limits {
                 cell_timeout: Duration::from_secs(2),
@@ -21,7 +19,8 @@ fn sandbox() -> Sandbox {
             },
             ..SandboxConfig::default()
         };
-        Sandbox::new(env, config).expect("sandbox")
+        Sandbox::provision(&EnvSpec::default(), config, &|l| eprintln!("setup: {l}"))
+            .expect("sandbox")
     })
     .clone()
 }

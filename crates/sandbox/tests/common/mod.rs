@@ -1,7 +1,7 @@
 //! Shared set-up: one sandbox per test binary over the provisioned environment (created on
 //! first use, as `mathcoder setup` would; needs network access to PyPI the first time).
 
-use mathcoder_sandbox::{env, EnvSpec, Limits, Sandbox, SandboxConfig};
+use mathcoder_sandbox::{EnvSpec, Limits, Sandbox, SandboxConfig};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -10,8 +10,6 @@ pub const TIMEOUT: Duration = Duration::from_secs(2);
 pub fn sandbox() -> Sandbox {
     static S: OnceLock<Sandbox> = OnceLock::new();
     S.get_or_init(|| {
-        let env = env::ensure(&EnvSpec::default(), &|l| eprintln!("setup: {l}"))
-            .expect("Python environment");
         let config = SandboxConfig {
             limits: Limits {
                 cell_timeout: TIMEOUT,
@@ -22,7 +20,8 @@ pub fn sandbox() -> Sandbox {
             },
             ..SandboxConfig::default()
         };
-        Sandbox::new(env, config).expect("sandbox")
+        Sandbox::provision(&EnvSpec::default(), config, &|l| eprintln!("setup: {l}"))
+            .expect("sandbox")
     })
     .clone()
 }
