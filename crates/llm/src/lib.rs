@@ -69,6 +69,12 @@ pub struct Generation {
     pub generated_tokens: Option<u32>,
     /// Transient failures retried before this result.
     pub retries: u32,
+    /// Prompt tokens served from a KV cache kept since an earlier call (engines that report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_prompt_tokens: Option<u32>,
+    /// Prompt tokens computed again although an earlier call had computed them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recomputed_prompt_tokens: Option<u32>,
 }
 
 /// Why a backend could not produce a generation.
@@ -97,6 +103,9 @@ pub enum BackendError {
     Protocol { url: String, message: String },
     #[error("invalid backend configuration: {0}")]
     Config(String),
+    /// A local engine could not serve the request (e.g. the prompt does not fit its context).
+    #[error("{0}")]
+    Engine(String),
 }
 
 impl BackendError {

@@ -142,6 +142,8 @@ pub fn parse_response(
         prompt_tokens: v["usage"]["prompt_tokens"].as_u64().map(|n| n as u32),
         generated_tokens: v["usage"]["completion_tokens"].as_u64().map(|n| n as u32),
         retries: 0,
+        cached_prompt_tokens: None,
+        recomputed_prompt_tokens: None,
     })
 }
 

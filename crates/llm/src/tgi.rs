@@ -107,6 +107,8 @@ pub fn parse_response(url: &str, v: &Value) -> Result<Generation, BackendError> 
             .filter(|n| *n > 0),
         generated_tokens: details["generated_tokens"].as_u64().map(|n| n as u32),
         retries: 0,
+        cached_prompt_tokens: None,
+        recomputed_prompt_tokens: None,
     })
 }
 

@@ -94,6 +94,12 @@ pub struct Round {
     pub execute_ms: Option<f64>,
     pub execution_kind: Option<ExecutionKind>,
     pub retries: u32,
+    /// Prompt tokens the backend served from its KV cache (native engine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_prompt_tokens: Option<u32>,
+    /// Prompt tokens the backend computed again (native engine; 0 when nothing is re-prefilled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recomputed_prompt_tokens: Option<u32>,
 }
 
 /// A solved (or abandoned) problem.
@@ -239,6 +245,8 @@ pub async fn solve(
             execute_ms: None,
             execution_kind: None,
             retries: gen.retries,
+            cached_prompt_tokens: gen.cached_prompt_tokens,
+            recomputed_prompt_tokens: gen.recomputed_prompt_tokens,
         };
         let Some(block) = block else {
             rounds.push(round);

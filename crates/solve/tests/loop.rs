@@ -69,6 +69,8 @@ impl Backend for Script {
             prompt_tokens: None,
             generated_tokens: Some(7),
             retries: 0,
+            cached_prompt_tokens: None,
+            recomputed_prompt_tokens: None,
         })
     }
     fn describe(&self) -> String {

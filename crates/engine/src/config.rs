@@ -1,0 +1,182 @@
+//! Model hyper-parameters, read from a Hugging Face `config.json` or from GGUF metadata.
+
+use serde_json::Value;
+
+use crate::EngineError;
+
+/// What the forward pass needs to know about a Llama-family model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    /// Key/value heads (fewer than `num_heads`: grouped-query attention).
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    /// 1e4 for Llama-2, 1e6 for CodeLlama.
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    /// The dtype the checkpoint declares (`float32`, `bfloat16`, `float16`).
+    pub declared_dtype: Option<String>,
+}
+
+fn usize_field(v: &Value, key: &str) -> Result<usize, EngineError> {
+    v[key]
+        .as_u64()
+        .map(|n| n as usize)
+        .ok_or_else(|| EngineError::Config(format!("config.json: missing or invalid {key:?}")))
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    match v {
+        Value::Number(n) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|x| x.as_u64().map(|n| n as u32))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl ModelConfig {
+    /// Reads a Hugging Face `config.json` (transformers 4.x and 5.x spellings).
+    pub fn from_hf_json(text: &str) -> Result<ModelConfig, EngineError> {
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| EngineError::Config(format!("config.json: {e}")))?;
+        let model_type = v["model_type"].as_str().unwrap_or("llama");
+        if !matches!(model_type, "llama" | "codellama" | "mistral") {
+            return Err(EngineError::Config(format!(
+                "config.json: model_type {model_type:?} is not a Llama-family model"
+            )));
+        }
+        let hidden_size = usize_field(&v, "hidden_size")?;
+        let num_heads = usize_field(&v, "num_attention_heads")?;
+        let num_kv_heads = v["num_key_value_heads"]
+            .as_u64()
+            .map(|n| n as usize)
+            .unwrap_or(num_heads);
+        let head_dim = v["head_dim"]
+            .as_u64()
+            .map(|n| n as usize)
+            .unwrap_or(hidden_size / num_heads.max(1));
+        // transformers 5 writes {"rope_parameters": {"rope_theta": ...}}; 4.x a top-level field.
+        let rope_theta = v["rope_theta"]
+            .as_f64()
+            .or_else(|| v["rope_parameters"]["rope_theta"].as_f64())
+            .unwrap_or(10_000.0);
+        let scaling = &v["rope_scaling"];
+        if !scaling.is_null() {
+            let kind = scaling["rope_type"]
+                .as_str()
+                .or(scaling["type"].as_str())
+                .unwrap_or("");
+            if kind != "default" {
+                return Err(EngineError::Config(format!(
+                    "config.json: rope_scaling {kind:?} is not supported"
+                )));
+            }
+        }
+        let rope_kind = v["rope_parameters"]["rope_type"]
+            .as_str()
+            .unwrap_or("default");
+        if rope_kind != "default" {
+            return Err(EngineError::Config(format!(
+                "config.json: rope_type {rope_kind:?} is not supported"
+            )));
+        }
+        let c = ModelConfig {
+            vocab_size: usize_field(&v, "vocab_size")?,
+            hidden_size,
+            intermediate_size: usize_field(&v, "intermediate_size")?,
+            num_layers: usize_field(&v, "num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps: v["rms_norm_eps"].as_f64().unwrap_or(1e-6),
+            rope_theta,
+            max_position_embeddings: v["max_position_embeddings"].as_u64().unwrap_or(4096) as usize,
+            tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
+            bos_token_id: ids(&v["bos_token_id"]).first().copied(),
+            eos_token_ids: ids(&v["eos_token_id"]),
+            declared_dtype: v["torch_dtype"]
+                .as_str()
+                .or(v["dtype"].as_str())
+                .map(String::from),
+        };
+        c.check()?;
+        Ok(c)
+    }
+
+    /// Consistency checks that would otherwise surface as shape errors deep in the forward pass.
+    pub fn check(&self) -> Result<(), EngineError> {
+        let bad = |m: String| Err(EngineError::Config(m));
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_layers == 0 {
+            return bad("heads and layers must be positive".into());
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return bad(format!(
+                "{} attention heads are not a multiple of {} key/value heads",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return bad(format!("head_dim {} must be even for RoPE", self.head_dim));
+        }
+        if self.vocab_size == 0 || self.hidden_size == 0 {
+            return bad("vocab_size and hidden_size must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Bytes of weights read per generated token at `bytes_per_weight` (for bandwidth figures).
+    pub fn parameters(&self) -> u64 {
+        let h = self.hidden_size as u64;
+        let kv = (self.num_kv_heads * self.head_dim) as u64;
+        let q = (self.num_heads * self.head_dim) as u64;
+        let layer = h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size as u64 + 2 * h;
+        let emb = self.vocab_size as u64 * h;
+        emb * if self.tie_word_embeddings { 1 } else { 2 } + layer * self.num_layers as u64 + h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hf_spellings() {
+        let c = ModelConfig::from_hf_json(
+            r#"{"model_type":"llama","vocab_size":32016,"hidden_size":64,"intermediate_size":172,
+            "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"rms_norm_eps":1e-5,
+            "rope_theta":1000000.0,"tie_word_embeddings":false,"bos_token_id":1,"eos_token_id":2,
+            "torch_dtype":"bfloat16"}"#,
+        )
+        .unwrap();
+        assert_eq!((c.num_kv_heads, c.head_dim, c.rope_theta), (2, 16, 1e6));
+        assert_eq!(c.declared_dtype.as_deref(), Some("bfloat16"));
+        let c = ModelConfig::from_hf_json(
+            r#"{"vocab_size":300,"hidden_size":64,"intermediate_size":172,"num_hidden_layers":2,
+            "num_attention_heads":4,"rope_parameters":{"rope_theta":500000.0,"rope_type":"default"},
+            "eos_token_id":[2,7],"dtype":"float32"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.rope_theta, 5e5);
+        assert_eq!(c.num_kv_heads, 4);
+        assert_eq!(c.eos_token_ids, vec![2, 7]);
+        assert!(ModelConfig::from_hf_json(r#"{"model_type":"bert"}"#).is_err());
+        assert!(ModelConfig::from_hf_json(
+            r#"{"vocab_size":300,"hidden_size":64,"intermediate_size":172,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":3}"#
+        )
+        .is_err());
+        assert!(ModelConfig::from_hf_json(
+            r#"{"vocab_size":300,"hidden_size":64,"intermediate_size":172,"num_hidden_layers":2,"num_attention_heads":4,"rope_scaling":{"type":"linear","factor":2.0}}"#
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,426 @@
+//! A Llama-family decoder (Llama-2, CodeLlama; multi-head or grouped-query attention) whose
+//! forward pass runs many sequences at once.
+//!
+//! The rows of every sequence in a step (a prefill chunk, one decode token, an appended
+//! execution block) are stacked into one `[rows, hidden]` matrix, so that the projections and the
+//! MLP — nearly all the work — are single matrix multiplies over the whole batch. Only attention
+//! is computed per sequence, against that sequence's own KV cache.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::cache::KvCache;
+use crate::config::ModelConfig;
+use crate::EngineError;
+
+/// A projection: dense weights `[out, in]`, or a GGUF-quantized matrix.
+pub(crate) enum Linear {
+    Dense(Tensor),
+    Quant(QMatMul),
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Linear::Dense(w) => x.matmul(&w.t()?),
+            Linear::Quant(q) => {
+                // Quantized kernels take f32 activations.
+                let dt = x.dtype();
+                let y = q.forward(&x.to_dtype(DType::F32)?)?;
+                y.to_dtype(dt)
+            }
+        }
+    }
+
+    /// Bytes of weight data (for bandwidth figures).
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Linear::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            Linear::Quant(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            Linear::Quant(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => {
+                w.elem_count() * w.dtype().size_in_bytes()
+            }
+        }
+    }
+}
+
+/// Token embeddings: a dense table or a quantized one (rows dequantized on lookup).
+pub(crate) enum Embedding {
+    Dense(Tensor),
+    Quant(std::sync::Arc<candle_core::quantized::QTensor>),
+}
+
+pub(crate) struct Layer {
+    pub attn_norm: Tensor,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub mlp_norm: Tensor,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+/// How rotary embeddings pair dimensions: Hugging Face checkpoints rotate the two halves of a
+/// head (`rotate_half`); llama.cpp's converter permutes Q and K so that GGUF files rotate
+/// adjacent pairs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeLayout {
+    Halves,
+    Interleaved,
+}
+
+/// The tensors of a model, as loaded.
+pub(crate) struct Weights {
+    pub embed: Embedding,
+    pub layers: Vec<Layer>,
+    pub norm: Tensor,
+    pub lm_head: Linear,
+}
+
+/// The weights and the rotary tables.
+pub struct Model {
+    pub config: ModelConfig,
+    pub(crate) embed: Embedding,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) norm: Tensor,
+    pub(crate) lm_head: Linear,
+    pub(crate) rope: RopeLayout,
+    cos: Tensor,
+    sin: Tensor,
+    /// Activations and KV cache dtype.
+    pub dtype: DType,
+    pub device: Device,
+    /// What the weights are stored as (`f32`, `bf16`, `q4_0`, ...).
+    pub weight_format: String,
+}
+
+/// One sequence's part of a step: the new tokens and the cache they extend.
+pub struct Step<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+    /// Return logits for every new token (true) or only the last (false).
+    pub all_logits: bool,
+}
+
+impl Model {
+    pub(crate) fn assemble(
+        config: ModelConfig,
+        w: Weights,
+        rope: RopeLayout,
+        dtype: DType,
+        device: Device,
+        weight_format: String,
+    ) -> Result<Model, EngineError> {
+        let (cos, sin) = rope_tables(&config, &device)?;
+        Ok(Model {
+            config,
+            embed: w.embed,
+            layers: w.layers,
+            norm: w.norm,
+            lm_head: w.lm_head,
+            rope,
+            cos,
+            sin,
+            dtype,
+            device,
+            weight_format,
+        })
+    }
+
+    /// A new, empty cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(
+            self.config.num_layers,
+            self.config.num_kv_heads,
+            self.config.head_dim,
+            self.dtype,
+            self.device.clone(),
+        )
+    }
+
+    /// Bytes of weights read per decoded token (every matrix once).
+    pub fn weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.q.bytes()
+                    + l.k.bytes()
+                    + l.v.bytes()
+                    + l.o.bytes()
+                    + l.gate.bytes()
+                    + l.up.bytes()
+                    + l.down.bytes()
+            })
+            .sum();
+        layers + self.lm_head.bytes()
+    }
+
+    /// Runs one step over several sequences and returns, per sequence, its logits (`[vocab]` for
+    /// the last new token, or `[n, vocab]` with `all_logits`) as f32. Each cache grows by its
+    /// sequence's tokens.
+    pub fn forward(&self, steps: &mut [Step<'_>]) -> Result<Vec<Tensor>, EngineError> {
+        let max = self
+            .config
+            .max_position_embeddings
+            .max(self.cos.dim(0).unwrap_or(0));
+        for s in steps.iter() {
+            if s.tokens.is_empty() {
+                return Err(EngineError::Input("a step with no tokens".into()));
+            }
+            if s.cache.len() + s.tokens.len() > max {
+                return Err(EngineError::ContextFull {
+                    needed: s.cache.len() + s.tokens.len(),
+                    limit: max,
+                });
+            }
+            if let Some(t) = s
+                .tokens
+                .iter()
+                .find(|t| **t as usize >= self.config.vocab_size)
+            {
+                return Err(EngineError::Input(format!(
+                    "token id {t} is outside the vocabulary ({})",
+                    self.config.vocab_size
+                )));
+            }
+        }
+        Ok(self.forward_inner(steps)?)
+    }
+
+    fn forward_inner(&self, steps: &mut [Step<'_>]) -> candle_core::Result<Vec<Tensor>> {
+        let c = &self.config;
+        let ids: Vec<u32> = steps
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
+        let positions: Vec<u32> = steps
+            .iter()
+            .flat_map(|s| {
+                let p = s.cache.len() as u32;
+                (0..s.tokens.len() as u32).map(move |i| p + i)
+            })
+            .collect();
+        let rows = ids.len();
+        let ids_t = Tensor::from_vec(ids, rows, &self.device)?;
+        let pos_t = Tensor::from_vec(positions, rows, &self.device)?;
+        let cos = self.cos.index_select(&pos_t, 0)?.to_dtype(self.dtype)?;
+        let sin = self.sin.index_select(&pos_t, 0)?.to_dtype(self.dtype)?;
+        let mut x = match &self.embed {
+            Embedding::Dense(e) => e.index_select(&ids_t, 0)?,
+            Embedding::Quant(q) => q.embedding(&ids_t)?,
+        }
+        .to_dtype(self.dtype)?;
+        let (h, kv, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let eps = c.rms_norm_eps as f32;
+        let scale = 1.0 / (d as f64).sqrt();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let xn = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            let q = layer.q.forward(&xn)?;
+            let k = layer.k.forward(&xn)?;
+            let v = layer.v.forward(&xn)?;
+            // [rows, heads*d] -> [1, heads, rows, d], rotated at each row's own position.
+            let q = q
+                .reshape((rows, h, d))?
+                .transpose(0, 1)?
+                .contiguous()?
+                .unsqueeze(0)?;
+            let k = k
+                .reshape((rows, kv, d))?
+                .transpose(0, 1)?
+                .contiguous()?
+                .unsqueeze(0)?;
+            let v = v.reshape((rows, kv, d))?.transpose(0, 1)?.contiguous()?;
+            let (q, k) = match self.rope {
+                RopeLayout::Halves => (
+                    candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
+                    candle_nn::rotary_emb::rope(&k, &cos, &sin)?,
+                ),
+                RopeLayout::Interleaved => (
+                    candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?,
+                    candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?,
+                ),
+            };
+            let (q, k) = (q.squeeze(0)?, k.squeeze(0)?);
+            // Attention per sequence, against its cache.
+            let mut outs = Vec::with_capacity(steps.len());
+            let mut start = 0;
+            for s in steps.iter_mut() {
+                let n = s.tokens.len();
+                let qs = q.narrow(1, start, n)?;
+                let ks = k.narrow(1, start, n)?.contiguous()?;
+                let vs = v.narrow(1, start, n)?.contiguous()?;
+                let past = s.cache.len();
+                let (kc, vc) = s.cache.append(li, &ks, &vs)?;
+                outs.push(attend(&qs, &kc, &vc, past, h, kv, d, scale)?);
+                start += n;
+            }
+            let attn = Tensor::cat(&outs, 0)?;
+            x = (x + layer.o.forward(&attn)?)?;
+            let xn = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, eps)?;
+            let gate = candle_nn::ops::silu(&layer.gate.forward(&xn)?)?;
+            let up = layer.up.forward(&xn)?;
+            x = (x + layer.down.forward(&(gate * up)?)?)?;
+        }
+        for s in steps.iter_mut() {
+            s.cache.advance(s.tokens.len());
+        }
+        // Only the rows whose logits are wanted go through the (large) output projection.
+        let mut wanted: Vec<u32> = Vec::new();
+        let mut spans = Vec::with_capacity(steps.len());
+        let mut start = 0u32;
+        for s in steps.iter() {
+            let n = s.tokens.len() as u32;
+            if s.all_logits {
+                spans.push((wanted.len(), n as usize));
+                wanted.extend(start..start + n);
+            } else {
+                spans.push((wanted.len(), 1));
+                wanted.push(start + n - 1);
+            }
+            start += n;
+        }
+        let idx = Tensor::from_vec(wanted.clone(), wanted.len(), &self.device)?;
+        let x = x.index_select(&idx, 0)?;
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
+        spans
+            .into_iter()
+            .zip(steps.iter())
+            .map(|((at, n), s)| {
+                let l = logits.narrow(0, at, n)?;
+                if s.all_logits {
+                    Ok(l)
+                } else {
+                    l.squeeze(0)
+                }
+            })
+            .collect()
+    }
+}
+
+/// Causal attention of `n` new queries (`[heads, n, d]`) at positions `past..past+n` over the
+/// cache (`[kv, past+n, d]`). Query heads are grouped onto their key/value head without copying
+/// the cache (grouped-query attention).
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    past: usize,
+    h: usize,
+    kv: usize,
+    d: usize,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    let n = q.dim(1)?;
+    let g = h / kv;
+    let total = past + n;
+    // [h, n, d] -> [kv, g*n, d]: heads j*g..j*g+g share kv head j.
+    let q = q.contiguous()?.reshape((kv, g * n, d))?;
+    let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
+    let scores = if n > 1 {
+        // Row r of the [g*n, total] block is query r % n at position past + r % n.
+        let mask: Vec<f32> = (0..g * n)
+            .flat_map(|r| {
+                let pos = past + r % n;
+                (0..total).map(move |j| if j > pos { f32::NEG_INFINITY } else { 0.0 })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (g * n, total), q.device())?;
+        scores.broadcast_add(&mask)?
+    } else {
+        scores
+    };
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+    let out = probs.matmul(v)?; // [kv, g*n, d]
+                                // -> [h, n, d] -> [n, h*d]
+    out.reshape((h, n, d))?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((n, h * d))
+}
+
+/// Rotary cos/sin tables `[positions, head_dim/2]`, computed as transformers does (f32 inverse
+/// frequencies, f32 angles).
+fn rope_tables(c: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor), EngineError> {
+    let half = c.head_dim / 2;
+    let n = c.max_position_embeddings.max(1);
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0f32 / (c.rope_theta.powf((2 * i) as f64 / c.head_dim as f64) as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(n * half);
+    let mut sin = Vec::with_capacity(n * half);
+    for p in 0..n {
+        for f in &inv {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (n, half), device)?,
+        Tensor::from_vec(sin, (n, half), device)?,
+    ))
+}
+
+/// The attention output layout of Hugging Face's reference implementation, for tests.
+#[cfg(test)]
+pub(crate) fn reference_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    past: usize,
+    h: usize,
+    kv: usize,
+) -> candle_core::Result<Tensor> {
+    // Repeat kv heads (repeat_interleave), full masked attention.
+    let (_, n, d) = q.dims3()?;
+    let g = h / kv;
+    let total = k.dim(1)?;
+    let k = k
+        .unsqueeze(1)?
+        .expand((kv, g, total, d))?
+        .reshape((h, total, d))?;
+    let v = v
+        .unsqueeze(1)?
+        .expand((kv, g, total, d))?
+        .reshape((h, total, d))?;
+    let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    let mask = Tensor::from_vec(mask, (n, total), q.device())?;
+    let p = candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, candle_core::D::Minus1)?;
+    p.matmul(&v)?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((n, h * d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouped_attention_equals_repeated_heads() {
+        let dev = Device::Cpu;
+        let (h, kv, d, past, n) = (8, 2, 4, 5, 3);
+        let q = Tensor::randn(0f32, 1.0, (h, n, d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (kv, past + n, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (kv, past + n, d), &dev).unwrap();
+        let a = attend(&q, &k, &v, past, h, kv, d, 1.0 / (d as f64).sqrt()).unwrap();
+        let b = reference_attention(&q, &k, &v, past, h, kv).unwrap();
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "{diff}");
+    }
+}
