@@ -20,6 +20,9 @@ Fixtures (see crates/engine/tests/fixtures/README.md):
                 (32016 + 8; MathCoder tokens at 32016-32023), f16 weights.
   gqa-sharded   GQA (8 heads, 2 kv heads), untied, f32, vocab 320, sharded safetensors + index.
   mha-bin       MHA, tied, f32, vocab 320, PyTorch pytorch_model.bin.
+  lce-bigram    A rigged Llama (real tokenizer): attention off, the MLP maps each state token's
+                one-hot embedding to the next state's, so greedy decoding writes a MathCoder text
+                block, then code blocks forever (print(6*7)): an end-to-end protocol fixture.
 """
 
 import argparse
@@ -44,7 +47,7 @@ PROMPTS = [
     # The MathCoder template, a first round.
     f"<|system|><|text|>{SYSTEM}<|endofblock|><|endofmessage|><|user|><|text|>What is the sum of the first 100 odd numbers?<|endofblock|><|endofmessage|><|assistant|>",
     # With text, code and an execution block.
-    f"<|system|><|text|>{SYSTEM}<|endofblock|><|endofmessage|><|user|><|text|>Solve $x^2-5x+6=0$.<|endofblock|><|endofmessage|><|assistant|><|text|>Let's use sympy.<|endofblock|><|code|>from sympy import *\nx = symbols('x')\nsolve(x**2 - 5*x + 6, x)<|endofblock|><|execution|>[2, 3]<|endofblock|><|text|>The roots are $\\boxed{2, 3}$.<|endofblock|><|endofmessage|>",
+    f"<|system|><|text|>{SYSTEM}<|endofblock|><|endofmessage|><|user|><|text|>Solve $x^2-5x+6=0$.<|endofblock|><|endofmessage|><|assistant|><|text|>Let's use sympy.<|endofblock|><|code|>from sympy import *\nx = symbols('x')\nsolve(x**2 - 5*x + 6, x)<|endofblock|><|execution|>[2, 3]<|endofblock|><|text|>The roots are $\\boxed{{2, 3}}$.<|endofblock|><|endofmessage|>",
     # Unicode, digits, spaces and newlines.
     "  Ünïcödé → 3.14159, tab\tand\n\nnewlines; 中文 😀 <|code|>print(1)<|endofblock|>",
 ]
@@ -166,14 +169,18 @@ def gguf_fixtures(hf_dir, out_root, llama_cpp, seqs):
     files["q4_0"] = q4
     # llama.cpp's own logits and greedy continuations for each file.
     ref = {}
+    logits = {}
     for kind, path in files.items():
+        # An f32 KV cache (llama.cpp's default is f16, which alone moves these logits by ~2%),
+        # so that the reference differs from an f32 computation only by the weights' format.
         llm = llama_cpp.Llama(model_path=path, logits_all=True, n_ctx=512, n_threads=2,
-                              n_batch=512, verbose=False)
+                              n_batch=512, verbose=False, type_k=0, type_v=0)
         ref[kind] = {"sequences": []}
-        for s in seqs:
+        for si, s in enumerate(seqs):
             llm.reset()
             llm.eval(s)
             last = np.array(llm.scores[len(s) - 1], dtype=np.float32)
+            logits[f"{kind}_seq{si}_last"] = np.ascontiguousarray(last)
             out = list(s)
             cont = []
             for _ in range(32):
@@ -181,16 +188,77 @@ def gguf_fixtures(hf_dir, out_root, llama_cpp, seqs):
                 cont.append(tok)
                 llm.eval([tok])
                 out.append(tok)
-            ref[kind]["sequences"].append({"ids": s, "last_logits": last.tolist(),
-                                           "greedy32": cont})
+            ref[kind]["sequences"].append({"ids": s, "greedy32": cont})
         ref[kind]["tokenization"] = [{"text": p, "ids": llm.tokenize(p.encode(), add_bos=True,
                                                                      special=True)}
                                      for p in PROMPTS]
         del llm
     os.remove(files["f32"])  # 4 MB: the q8_0 and q4_0 files are the fixtures
     del ref["f32"]
+    save_file({k: v for k, v in logits.items() if not k.startswith("f32")},
+              os.path.join(out_root, "llama2-tiny.gguf-expected.safetensors"))
     with open(os.path.join(out_root, "llama2-tiny.gguf-expected.json"), "w") as f:
         json.dump(ref, f)
+
+
+def bigram(out_root, base):
+    """A valid Llama checkpoint whose greedy decoding follows a fixed token chain."""
+    out = os.path.join(out_root, "lce-bigram")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    vocab = tokenizer_files(base, 0, out)
+    tok = Tokenizer.from_file(os.path.join(out, "tokenizer.json"))
+    text = tok.encode("<|text|>Compute it.<|endofblock|>", add_special_tokens=False).ids
+    code = tok.encode("<|code|>print(6*7)<|endofblock|>", add_special_tokens=False).ids
+    assistant = tok.token_to_id("<|assistant|>")
+    # <|assistant|> -> text block -> <|endofblock|> -> code block -> <|endofblock|> -> ...
+    chain = [assistant] + text[:-1]
+    nxt = {a: b for a, b in zip(chain, chain[1:])}
+    nxt[text[-2]] = text[-1]
+    nxt[text[-1]] = code[0]
+    for a, b in zip(code[:-1], code[1:]):
+        nxt[a] = b
+    states = sorted(set(nxt) | set(nxt.values()))
+    if len(set(text[1:-1]) & set(code[1:-1])) or len(states) > 32:
+        raise SystemExit(f"chain tokens collide: {text} {code}")
+    hidden = 32
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden,
+                      num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
+                      rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=1,
+                      eos_token_id=2, max_position_embeddings=2048, rms_norm_eps=1e-6)
+    m = LlamaForCausalLM(cfg).eval()
+    idx = {t: i for i, t in enumerate(states)}
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+        m.model.norm.weight.fill_(1.0)
+        layer = m.model.layers[0]
+        layer.input_layernorm.weight.fill_(1.0)
+        layer.post_attention_layernorm.weight.fill_(1.0)
+        emb = m.model.embed_tokens.weight
+        for t, i in idx.items():
+            emb[t, i] = 1.0
+        # rmsnorm(e_i) = sqrt(hidden) e_i; gate = 10 I, up = I -> silu(10 s) s ~ 10 s^2 on the
+        # active unit; down maps unit i to e_next(i) - e_i.
+        sc = hidden ** 0.5
+        layer.mlp.gate_proj.weight.copy_(torch.eye(hidden) * 10.0)
+        layer.mlp.up_proj.weight.copy_(torch.eye(hidden))
+        act = torch.nn.functional.silu(torch.tensor(10.0 * sc)) * sc
+        down = torch.zeros(hidden, hidden)
+        for a, b in nxt.items():
+            down[idx[b], idx[a]] += 1.0 / act
+            down[idx[a], idx[a]] -= 1.0 / act
+        layer.mlp.down_proj.weight.copy_(down)
+    m.to(torch.bfloat16).save_pretrained(out)
+    ref = LlamaForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    prompt = tok.encode(PROMPTS[0]).ids
+    # The tokenizer is llama2-tiny's (tests pass it with --tokenizer): not duplicated here.
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        os.remove(os.path.join(out, f))
+    cont = greedy(ref, prompt, 40)
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump({"prompt": PROMPTS[0], "ids": prompt, "greedy40": cont,
+                   "greedy40_text": tok.decode(cont, skip_special_tokens=False)}, f)
 
 
 def main():
@@ -215,7 +283,7 @@ def main():
 
     # 2. CodeLlama shape: vocab 32016 + 8, rope 1e6, GQA, untied, f16.
     out, ref, cfg = build("codellama-tiny", a.out, dict(
-        hidden_size=16, intermediate_size=44, num_hidden_layers=2, num_attention_heads=4,
+        hidden_size=8, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, rope_theta=1000000.0, tie_word_embeddings=False),
         torch.float16, 2, tokenizer_json=base, vocab_extra=16)
     tok = Tokenizer.from_file(os.path.join(out, "tokenizer.json"))
@@ -238,6 +306,8 @@ def main():
         tie_word_embeddings=True), torch.float32, 4, pth=True)
     seqs = [[1] + np.random.default_rng(4).integers(3, 320, size=31).tolist()]
     references(out, ref, cfg, seqs)
+    # 5. The protocol fixture.
+    bigram(a.out, base)
     for f in os.listdir(a.out):
         d = os.path.join(a.out, f)
         if os.path.isdir(d):

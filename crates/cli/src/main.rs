@@ -27,6 +27,8 @@ enum Command {
     Setup(commands::sandbox::SetupArgs),
     /// Run Python cells in one sandboxed session and print each result.
     Exec(commands::sandbox::ExecArgs),
+    /// Raw generation with the native engine (`--format json`: prompt ids, generated ids, text).
+    Generate(commands::engine::GenerateArgs),
     /// Solve one problem with a model, streaming its blocks and executions.
     Solve(commands::run::SolveArgs),
     /// Run a benchmark through a model: concurrent, resumable, graded, reported.
@@ -51,6 +53,7 @@ fn main() {
         Command::Setup(a) => commands::sandbox::setup(a),
         Command::Exec(a) => commands::sandbox::exec(a),
         Command::Audit(a) => commands::sandbox::audit(a),
+        Command::Generate(a) => commands::engine::generate(a),
         Command::Solve(a) => commands::run::solve(a),
         Command::Eval(a) => commands::run::eval(a),
         Command::ReplayServer(a) => commands::run::replay(a),

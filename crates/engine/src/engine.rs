@@ -151,6 +151,8 @@ pub struct Job {
     recomputed: usize,
     /// Tokens still to feed before the first sample.
     prefilling: bool,
+    /// The token before the generation (decoding continues its word).
+    prev: Option<u32>,
 }
 
 /// Largest prefill chunk per sequence per step (keeps other sequences' decode latency bounded).
@@ -175,7 +177,9 @@ impl Job {
             session.pending.push(last);
             recomputed += 1;
         }
+        let prev = session.pending.last().copied();
         Ok(Job {
+            prev,
             sampler: Sampler::new(params.sampling.clone()),
             session,
             params,
@@ -272,7 +276,7 @@ impl Engine {
             let n = j.session.pending.len().min(PREFILL_CHUNK);
             if j.session.tokens.len() + n > limit {
                 j.finish = Some(Finish::Length);
-                j.text = self.tok.decode(&j.generated)?;
+                j.text = self.tok.decode_after(j.prev, &j.generated)?;
                 continue;
             }
             let feed: Vec<u32> = j.session.pending.drain(..n).collect();
@@ -330,7 +334,7 @@ impl Engine {
             }
         }
         if j.finish.is_some() || !j.params.stop_strings.is_empty() {
-            j.text = self.tok.decode(&j.generated)?;
+            j.text = self.tok.decode_after(j.prev, &j.generated)?;
             if let Some(end) = first_stop(&j.text, &j.params.stop_strings) {
                 j.text.truncate(end);
                 j.finish = Some(Finish::Stop);

@@ -21,6 +21,7 @@ pub mod load;
 pub mod model;
 pub mod native;
 pub mod sampling;
+pub mod spm;
 pub mod tokenizer;
 
 pub use config::ModelConfig;

@@ -421,10 +421,12 @@ impl Worker {
         let text = format!("{}{}", a.prompt, out.text);
         // A generation cut by a stop string may hold tokens beyond its text: keep the session
         // only when its tokens are exactly the text.
+        let prev = session.all_tokens().len().checked_sub(out.tokens.len() + 1);
+        let prev = prev.and_then(|i| session.all_tokens().get(i).copied());
         let exact = self
             .engine
             .tok
-            .decode(&out.tokens)
+            .decode_after(prev, &out.tokens)
             .is_ok_and(|t| t == out.text);
         if exact {
             self.keep(Kept {

@@ -1,6 +1,6 @@
 //! The model's tokenizer: `tokenizer.json` (with the added tokens of `tokenizer_config.json`,
 //! `special_tokens_map.json` and `added_tokens.json` when the file lacks them), or the
-//! SentencePiece vocabulary embedded in a GGUF file, rebuilt as the equivalent BPE tokenizer.
+//! SentencePiece vocabulary embedded in a GGUF file ([`crate::spm`]).
 //!
 //! Decoding follows what TGI returns and what the MathCoder authors' client re-assembled: special
 //! tokens appear as their text, and each run of ordinary tokens is decoded on its own (so the
@@ -14,11 +14,20 @@ use std::collections::HashMap;
 use std::path::Path;
 use tokenizers::{AddedToken, Tokenizer};
 
+use crate::spm::Spm;
+
 use crate::EngineError;
 
+enum Inner {
+    /// A Hugging Face `tokenizer.json`.
+    Hf(Box<Tokenizer>),
+    /// A GGUF vocabulary, tokenised as llama.cpp does.
+    Spm(Spm),
+}
+
 pub struct Tok {
-    inner: Tokenizer,
-    /// Ids of the added special tokens (MathCoder's eight, `<s>`, `</s>`, ...).
+    inner: Inner,
+    /// Ids of the special tokens (MathCoder's eight, `<s>`, `</s>`, ...), shown as their text.
     special: HashMap<u32, String>,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
@@ -98,10 +107,6 @@ impl Tok {
                 .add_special_tokens(missing)
                 .map_err(terr("adding special tokens"))?;
         }
-        Ok(Tok::wrap(inner))
-    }
-
-    fn wrap(inner: Tokenizer) -> Tok {
         let special: HashMap<u32, String> = inner
             .get_added_tokens_decoder()
             .into_iter()
@@ -110,17 +115,16 @@ impl Tok {
             .collect();
         let bos = inner.token_to_id("<s>");
         let eos = inner.token_to_id("</s>");
-        Tok {
-            inner,
+        Ok(Tok {
+            inner: Inner::Hf(Box::new(inner)),
             special,
             bos,
             eos,
-        }
+        })
     }
 
-    /// Rebuilds a Llama (SentencePiece) tokenizer from GGUF metadata: the vocabulary and scores
-    /// become a byte-fallback BPE whose merges are ordered by the merged piece's score, with the
-    /// same normalizer and decoder as Hugging Face's Llama `tokenizer.json`.
+    /// The vocabulary embedded in a GGUF file (`tokenizer.ggml.model == "llama"`), tokenised as
+    /// llama.cpp does.
     pub fn from_gguf(ct: &gguf_file::Content) -> Result<Tok, EngineError> {
         let get = |k: &str| ct.metadata.get(k);
         let model = get("tokenizer.ggml.model")
@@ -140,53 +144,107 @@ impl Tok {
         let scores: Vec<f32> = get("tokenizer.ggml.scores")
             .and_then(|v| v.to_vec().ok())
             .map(|a| a.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect())
-            .unwrap_or_else(|| (0..tokens.len()).map(|i| -(i as f32)).collect());
+            .unwrap_or_else(|| vec![0.0; tokens.len()]);
         let types: Vec<i32> = get("tokenizer.ggml.token_type")
             .and_then(|v| v.to_vec().ok())
             .map(|a| a.iter().map(|v| v.to_i32().unwrap_or(1)).collect())
             .unwrap_or_else(|| vec![1; tokens.len()]);
         let id = |k: &str| get(k).and_then(|v| v.to_u32().ok());
-        let unk = id("tokenizer.ggml.unknown_token_id").unwrap_or(0);
-        let bos = id("tokenizer.ggml.bos_token_id");
         let add_bos = get("tokenizer.ggml.add_bos_token")
             .and_then(|v| v.to_bool().ok())
             .unwrap_or(true);
-        let inner = spm_to_bpe(&tokens, &scores, &types, unk, bos.filter(|_| add_bos))?;
-        Ok(Tok::wrap(inner))
+        let spm = Spm::new(
+            tokens,
+            scores,
+            types,
+            id("tokenizer.ggml.unknown_token_id").unwrap_or(0),
+            id("tokenizer.ggml.bos_token_id"),
+            id("tokenizer.ggml.eos_token_id"),
+            add_bos,
+        );
+        let special: HashMap<u32, String> =
+            spm.special_ids().map(|(i, s)| (i, s.to_string())).collect();
+        Ok(Tok {
+            bos: spm.bos,
+            eos: spm.eos,
+            special,
+            inner: Inner::Spm(spm),
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        match &self.inner {
+            Inner::Hf(t) => t.get_vocab_size(true),
+            Inner::Spm(s) => s.vocab_size(),
+        }
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
+        match &self.inner {
+            Inner::Hf(t) => t.token_to_id(token),
+            Inner::Spm(s) => s.token_id(token),
+        }
     }
 
     /// Ids of `text`; `bos` adds the beginning-of-sequence token as the tokenizer's template
     /// says (TGI and the authors' prompts have it).
     pub fn encode(&self, text: &str, bos: bool) -> Result<Vec<u32>, EngineError> {
-        Ok(self
-            .inner
-            .encode_fast(text, bos)
-            .map_err(terr("encoding"))?
-            .get_ids()
-            .to_vec())
+        match &self.inner {
+            Inner::Hf(t) => Ok(t
+                .encode_fast(text, bos)
+                .map_err(terr("encoding"))?
+                .get_ids()
+                .to_vec()),
+            Inner::Spm(s) => Ok(s.encode(text, bos)),
+        }
     }
 
     pub fn is_special(&self, id: u32) -> bool {
         self.special.contains_key(&id)
     }
 
+    fn decode_run(&self, run: &[u32]) -> Result<String, EngineError> {
+        match &self.inner {
+            Inner::Hf(t) => t.decode(run, false).map_err(terr("decoding")),
+            Inner::Spm(s) => Ok(s.decode_run(run)),
+        }
+    }
+
     /// Text of generated ids: special tokens as themselves, runs of ordinary tokens decoded
     /// separately.
     pub fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+        self.decode_after(None, ids)
+    }
+
+    /// Text of ids generated after `prev`: when `prev` is an ordinary token, the first run
+    /// continues its word, so its leading space is kept (decoded together with `prev`, minus
+    /// `prev`'s own text).
+    pub fn decode_after(&self, prev: Option<u32>, ids: &[u32]) -> Result<String, EngineError> {
+        let split = ids
+            .iter()
+            .position(|id| self.special.contains_key(id))
+            .unwrap_or(ids.len());
+        if let Some(p) = prev.filter(|p| !self.is_special(*p) && split > 0) {
+            let alone = self.decode_run(&[p])?;
+            let mut with: Vec<u32> = vec![p];
+            with.extend_from_slice(&ids[..split]);
+            let joined = self.decode_run(&with)?;
+            if let Some(first) = joined.strip_prefix(alone.as_str()) {
+                let mut out = first.to_string();
+                out.push_str(&self.decode_plain(&ids[split..])?);
+                return Ok(out);
+            }
+        }
+        self.decode_plain(ids)
+    }
+
+    fn decode_plain(&self, ids: &[u32]) -> Result<String, EngineError> {
         let mut out = String::new();
         let mut run: Vec<u32> = Vec::new();
         for &id in ids {
             if let Some(s) = self.special.get(&id) {
                 if !run.is_empty() {
-                    out.push_str(&self.inner.decode(&run, false).map_err(terr("decoding"))?);
+                    out.push_str(&self.decode_run(&run)?);
                     run.clear();
                 }
                 out.push_str(s);
@@ -195,7 +253,7 @@ impl Tok {
             }
         }
         if !run.is_empty() {
-            out.push_str(&self.inner.decode(&run, false).map_err(terr("decoding"))?);
+            out.push_str(&self.decode_run(&run)?);
         }
         Ok(out)
     }
@@ -207,95 +265,4 @@ impl Tok {
             .map(|t| self.token_id(t.as_str()))
             .collect()
     }
-}
-
-fn spm_to_bpe(
-    tokens: &[String],
-    scores: &[f32],
-    types: &[i32],
-    unk: u32,
-    bos: Option<u32>,
-) -> Result<Tokenizer, EngineError> {
-    use tokenizers::decoders::{
-        byte_fallback::ByteFallback, fuse::Fuse, sequence::Sequence as DecSeq, strip::Strip,
-        DecoderWrapper,
-    };
-    use tokenizers::models::bpe::BPE;
-    use tokenizers::normalizers::{
-        prepend::Prepend, replace::Replace, NormalizerWrapper, Sequence as NormSeq,
-    };
-    use tokenizers::processors::template::TemplateProcessing;
-    // GGUF token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
-    let vocab: tokenizers::models::bpe::Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
-    let mergeable = |i: usize| matches!(types.get(i).copied().unwrap_or(1), 1);
-    let mut merges: Vec<(f32, u32, u32, String, String)> = Vec::new();
-    for (i, piece) in tokens.iter().enumerate() {
-        if !mergeable(i) {
-            continue;
-        }
-        let score = scores.get(i).copied().unwrap_or(0.0);
-        for (cut, _) in piece.char_indices().skip(1) {
-            let (l, r) = piece.split_at(cut);
-            if let (Some(&li), Some(&ri)) = (vocab.get(l), vocab.get(r)) {
-                if mergeable(li as usize) && mergeable(ri as usize) {
-                    merges.push((score, li, ri, l.to_string(), r.to_string()));
-                }
-            }
-        }
-    }
-    // Higher score merges first; ties by the ids of the parts.
-    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-    let merges: Vec<(String, String)> = merges.into_iter().map(|m| (m.3, m.4)).collect();
-    let unk_token = tokens
-        .get(unk as usize)
-        .cloned()
-        .unwrap_or_else(|| "<unk>".into());
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab.clone(), merges)
-        .unk_token(unk_token)
-        .byte_fallback(true)
-        .fuse_unk(true)
-        .build()
-        .map_err(terr("building the BPE model"))?;
-    let mut t = Tokenizer::new(bpe);
-    let norm: Vec<NormalizerWrapper> = vec![
-        Prepend::new("\u{2581}".into()).into(),
-        Replace::new(" ", "\u{2581}")
-            .map_err(terr("normalizer"))?
-            .into(),
-    ];
-    t.with_normalizer(Some(NormSeq::new(norm)))
-        .map_err(terr("normalizer"))?;
-    let dec: Vec<DecoderWrapper> = vec![
-        DecoderWrapper::Replace(Replace::new("\u{2581}", " ").map_err(terr("decoder"))?),
-        ByteFallback::new().into(),
-        Fuse::new().into(),
-        Strip::new(' ', 1, 0).into(),
-    ];
-    t.with_decoder(Some(DecSeq::new(dec)));
-    let specials: Vec<AddedToken> = tokens
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| matches!(types.get(*i).copied().unwrap_or(1), 2..=4))
-        .map(|(_, s)| AddedToken::from(s.clone(), true))
-        .collect();
-    t.add_special_tokens(specials)
-        .map_err(terr("adding special tokens"))?;
-    if let Some(b) = bos {
-        let bos_tok = tokens.get(b as usize).cloned().unwrap_or_default();
-        let tp = TemplateProcessing::builder()
-            .try_single(format!("{bos_tok} $A"))
-            .map_err(|e| EngineError::Tokenizer(format!("template: {e}")))?
-            .try_pair(format!("{bos_tok} $A {bos_tok}:1 $B:1"))
-            .map_err(|e| EngineError::Tokenizer(format!("template: {e}")))?
-            .special_tokens(vec![(bos_tok.clone(), b)])
-            .build()
-            .map_err(|e| EngineError::Tokenizer(format!("template: {e}")))?;
-        t.with_post_processor(Some(tp));
-    }
-    Ok(t)
 }

@@ -324,3 +324,29 @@ fn loading_errors_are_clear() {
     s.append(&[1, 5000]);
     assert!(eng.prefill_all(&mut s).is_err());
 }
+
+#[test]
+fn the_rigged_protocol_fixture_decodes_as_transformers_does() {
+    let x: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("lce-bigram").join("expected.json")).unwrap(),
+    )
+    .unwrap();
+    let e = load(
+        &fixture("lce-bigram"),
+        Some(&fixture("llama2-tiny").join("tokenizer.json")),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let prompt = ids(&x["ids"]);
+    assert_eq!(
+        e.tok.encode(x["prompt"].as_str().unwrap(), true).unwrap(),
+        prompt
+    );
+    let got = greedy(&e, &prompt, 40);
+    assert_eq!(got, ids(&x["greedy40"]));
+    assert!(e
+        .tok
+        .decode(&got)
+        .unwrap()
+        .starts_with("<|text|>Compute it.<|endofblock|><|code|>print(6*7)<|endofblock|>"));
+}

@@ -90,6 +90,9 @@ pub struct Round {
     pub kind: Option<BlockKind>,
     pub finish: Option<FinishReason>,
     pub generated_tokens: Option<u32>,
+    /// Prompt tokens, as the backend counted them (when it reports them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u32>,
     pub generate_ms: f64,
     pub execute_ms: Option<f64>,
     pub execution_kind: Option<ExecutionKind>,
@@ -241,6 +244,7 @@ pub async fn solve(
             kind: block.as_ref().map(|b| b.kind),
             finish: Some(gen.finish),
             generated_tokens: gen.generated_tokens,
+            prompt_tokens: gen.prompt_tokens,
             generate_ms: gen_time.as_secs_f64() * 1000.0,
             execute_ms: None,
             execution_kind: None,

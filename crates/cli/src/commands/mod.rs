@@ -2,6 +2,7 @@ pub mod bench;
 pub mod bench_runtime;
 pub mod compare;
 pub mod datasets;
+pub mod engine;
 pub mod grade;
 pub mod run;
 pub mod sandbox;

@@ -20,15 +20,17 @@ use super::{data_dir, GradeArgs};
 /// Which model to talk to.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BackendArgs {
-    /// `tgi` (text-generation-inference) or `openai` (vLLM, SGLang, llama.cpp, OpenAI).
-    #[arg(long, default_value = "tgi", value_parser = ["tgi", "openai"])]
+    /// `tgi` (text-generation-inference), `openai` (vLLM, SGLang, llama.cpp, OpenAI), or
+    /// `native` (this program's own engine; needs --model).
+    #[arg(long, default_value = "tgi", value_parser = ["tgi", "openai", "native"])]
     pub backend: String,
     /// The server's base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub endpoint: String,
-    /// Model name (OpenAI-compatible servers).
-    #[arg(long, default_value = "mathcoder")]
-    pub model: String,
+    /// OpenAI-compatible servers: the served model's name (default: mathcoder). Native: the
+    /// checkpoint directory (config.json + safetensors or .bin) or .gguf file.
+    #[arg(long)]
+    pub model: Option<String>,
     /// API key (default: $OPENAI_API_KEY for the openai backend).
     #[arg(long)]
     pub api_key: Option<String>,
@@ -41,6 +43,14 @@ pub struct BackendArgs {
     /// First retry delay in seconds (doubles each time).
     #[arg(long, default_value_t = 0.5)]
     pub retry_backoff: f64,
+    #[command(flatten)]
+    pub native: super::engine::NativeArgs,
+    /// Native engine: most sequences decoded together.
+    #[arg(long, default_value_t = 32)]
+    pub max_batch: usize,
+    /// Native engine: KV cache kept between rounds, in MiB.
+    #[arg(long, default_value_t = 4096)]
+    pub kv_cache_mb: usize,
 }
 
 impl BackendArgs {
@@ -57,9 +67,26 @@ impl BackendArgs {
             }),
             ..HttpConfig::default()
         };
+        if self.backend == "tgi" && self.model.is_some() {
+            bail!("--model names an OpenAI-compatible server's model or the native engine's checkpoint; TGI serves one model");
+        }
         Ok(match self.backend.as_str() {
+            "native" => {
+                let Some(path) = &self.model else {
+                    bail!("the native backend needs --model DIR|FILE.gguf");
+                };
+                Arc::new(self.native.backend(
+                    std::path::Path::new(path),
+                    self.max_batch,
+                    self.kv_cache_mb,
+                )?)
+            }
             "tgi" => Arc::new(Tgi::new(&self.endpoint, http)?),
-            "openai" => Arc::new(OpenAi::new(&self.endpoint, &self.model, http)?),
+            "openai" => Arc::new(OpenAi::new(
+                &self.endpoint,
+                self.model.as_deref().unwrap_or("mathcoder"),
+                http,
+            )?),
             other => bail!("unknown backend {other:?}"),
         })
     }
