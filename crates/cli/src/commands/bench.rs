@@ -28,6 +28,9 @@ pub enum Bench {
     /// The generate/execute loop against a replay server: concurrency without serialisation
     /// (per-token latency) and rounds per second (zero latency) vs the authors' 4 workers.
     Runtime(super::bench_runtime::RuntimeArgs),
+    /// The native engine: load time, prefill/decode tokens/s, batched decode, peak memory, next
+    /// to transformers and llama.cpp on the same weights (`--reference-python`).
+    Engine(super::bench_engine::EngineBenchArgs),
     /// Grading throughput on one core over released outputs, and worst-case inputs.
     Grade {
         /// Directory of output files (default: the vendored released outputs).
@@ -49,6 +52,7 @@ pub fn run(b: Bench) -> Result<i32> {
             sandbox,
         } => super::sandbox::bench(sessions, cells, jupyter, sandbox),
         Bench::Runtime(a) => super::bench_runtime::runtime(a),
+        Bench::Engine(a) => super::bench_engine::engine(a),
         Bench::Grade {
             dir,
             passes,

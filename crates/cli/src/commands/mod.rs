@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bench_engine;
 pub mod bench_runtime;
 pub mod compare;
 pub mod datasets;
