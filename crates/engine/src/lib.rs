@@ -17,11 +17,14 @@
 pub mod cache;
 pub mod config;
 pub mod engine;
+mod gemv;
 pub mod load;
 pub mod model;
 pub mod native;
+mod qmatmul;
 pub mod sampling;
 pub mod spm;
+mod st;
 pub mod tokenizer;
 
 pub use config::ModelConfig;

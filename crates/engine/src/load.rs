@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use crate::config::ModelConfig;
 use crate::model::{Embedding, Layer, Linear, Model, RopeLayout, Weights};
+use crate::qmatmul::Packed;
+use crate::st::SafetensorsFiles;
 use crate::EngineError;
 
 /// How to load.
@@ -64,7 +66,7 @@ pub fn load_model(path: &Path, opts: &LoadOptions) -> Result<Model, EngineError>
 
 /// Where a directory's tensors are.
 enum WeightSource {
-    Safetensors(candle_core::safetensors::MmapedSafetensors),
+    Safetensors(SafetensorsFiles),
     Pth(Vec<candle_core::pickle::PthTensors>),
 }
 
@@ -112,10 +114,9 @@ impl WeightSource {
             v
         };
         if !st_files.is_empty() {
-            // SAFETY: the files are mapped read-only; candle copies tensors out of the map.
-            let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&st_files) }
-                .map_err(ce("reading safetensors"))?;
-            return Ok(WeightSource::Safetensors(st));
+            return Ok(WeightSource::Safetensors(SafetensorsFiles::open(
+                &st_files,
+            )?));
         }
         let bin_index = dir.join("pytorch_model.bin.index.json");
         let bins = if bin_index.exists() {
@@ -140,12 +141,7 @@ impl WeightSource {
 
     fn get(&self, name: &str, device: &Device) -> Result<Option<Tensor>, EngineError> {
         match self {
-            WeightSource::Safetensors(st) => {
-                if st.get(name).is_err() {
-                    return Ok(None);
-                }
-                Ok(Some(st.load(name, device).map_err(ce(name))?))
-            }
+            WeightSource::Safetensors(st) => st.get(name, device),
             WeightSource::Pth(files) => {
                 for f in files {
                     if let Some(t) = f.get(name).map_err(ce(name))? {
@@ -159,10 +155,7 @@ impl WeightSource {
 
     fn dtype(&self) -> Option<DType> {
         match self {
-            WeightSource::Safetensors(st) => st
-                .get("model.embed_tokens.weight")
-                .ok()
-                .and_then(|v| DType::try_from(v.dtype()).ok()),
+            WeightSource::Safetensors(st) => st.dtype("model.embed_tokens.weight"),
             WeightSource::Pth(_) => None,
         }
     }
@@ -358,7 +351,7 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<(Model, GgufInfo), E
             let name = format!("{p}.{n}.weight");
             let t = qt(&name)?;
             check(&t, &name, shape)?;
-            Ok(Linear::Quant(QMatMul::from_qtensor(t).map_err(ce(&name))?))
+            Linear::quantized(t).map_err(ce(&name))
         };
         let layer = Layer {
             q: mat("attn_q", &[q, h])?,
@@ -383,11 +376,16 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<(Model, GgufInfo), E
     }
     let norm = dense(qt("output_norm.weight")?, "output_norm.weight")?;
     let lm_head = if c.tie_word_embeddings {
-        Linear::Quant(QMatMul::from_arc(embed_q.clone()).map_err(ce("token_embd.weight"))?)
+        match Packed::from_qtensor(&embed_q).map_err(ce("token_embd.weight"))? {
+            Some(p) => Linear::Packed(Box::new(p)),
+            None => {
+                Linear::Quant(QMatMul::from_arc(embed_q.clone()).map_err(ce("token_embd.weight"))?)
+            }
+        }
     } else {
         let t = qt("output.weight")?;
         check(&t, "output.weight", &[c.vocab_size, h])?;
-        Linear::Quant(QMatMul::from_qtensor(t).map_err(ce("output.weight"))?)
+        Linear::quantized(t).map_err(ce("output.weight"))?
     };
     let embed = match embed_q.dtype() {
         GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {

@@ -6,27 +6,55 @@
 //! MLP — nearly all the work — are single matrix multiplies over the whole batch. Only attention
 //! is computed per sequence, against that sequence's own KV cache.
 
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::cache::KvCache;
 use crate::config::ModelConfig;
+use crate::gemv;
+use crate::qmatmul::Packed;
 use crate::EngineError;
 
 /// A projection: dense weights `[out, in]`, or a GGUF-quantized matrix.
 pub(crate) enum Linear {
     Dense(Tensor),
     Quant(QMatMul),
+    /// `Q4_0` / `Q8_0` repacked for our own kernels (see [`crate::qmatmul`]).
+    Packed(Box<Packed>),
 }
 
 impl Linear {
+    /// A GGUF matrix: our kernels where they apply, else candle's.
+    pub(crate) fn quantized(t: QTensor) -> candle_core::Result<Linear> {
+        Ok(match Packed::from_qtensor(&t)? {
+            Some(p) => Linear::Packed(Box::new(p)),
+            None => Linear::Quant(QMatMul::from_qtensor(t)?),
+        })
+    }
+
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
+            Linear::Dense(w)
+                if w.dtype() == DType::F32
+                    && x.dtype() == DType::F32
+                    && x.device().is_cpu()
+                    && x.elem_count() / x.dim(candle_core::D::Minus1)? <= gemv::MAX_ROWS =>
+            {
+                x.contiguous()?.apply_op2_no_bwd(w, &gemv::Gemv)
+            }
             Linear::Dense(w) => x.matmul(&w.t()?),
             Linear::Quant(q) => {
                 // Quantized kernels take f32 activations.
                 let dt = x.dtype();
                 let y = q.forward(&x.to_dtype(DType::F32)?)?;
+                y.to_dtype(dt)
+            }
+            Linear::Packed(p) => {
+                let dt = x.dtype();
+                let y = x
+                    .to_dtype(DType::F32)?
+                    .contiguous()?
+                    .apply_op1_no_bwd(p.as_ref())?;
                 y.to_dtype(dt)
             }
         }
@@ -40,6 +68,7 @@ impl Linear {
             Linear::Quant(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => {
                 w.elem_count() * w.dtype().size_in_bytes()
             }
+            Linear::Packed(p) => p.bytes(),
         }
     }
 }
