@@ -136,7 +136,7 @@ fn measure(engine: &Engine, load_s: f64, a: &EngineBenchArgs) -> Result<Value> {
     let bytes = engine.model.weight_bytes();
     Ok(json!({
         "engine": "mathcoder native (candle 0.11)",
-        "model": engine.model.config.hidden_size,
+        "hidden_size": engine.model.config.hidden_size,
         "weights": engine.model.weight_format,
         "compute_dtype": format!("{:?}", engine.model.dtype).to_lowercase(),
         "parameters": engine.model.config.parameters(),
