@@ -1,7 +1,6 @@
 //! The `mathcoder` command: argument parsing and wiring only.
 
 mod commands;
-mod progress;
 
 use clap::{Parser, Subcommand};
 
@@ -33,14 +32,12 @@ enum Command {
     Solve(commands::run::SolveArgs),
     /// Run a benchmark through a model: concurrent, resumable, graded, reported.
     Eval(commands::run::EvalArgs),
-    /// Serve recorded MathCoder blocks over the TGI and OpenAI protocols (tests, benchmarks).
-    #[command(hide = true)]
-    ReplayServer(commands::run::ReplayArgs),
     /// Re-execute the code cells of released outputs and compare with the recorded executions.
     Audit(commands::sandbox::AuditArgs),
-    /// Benchmarks (speed figures).
-    #[command(subcommand)]
-    Bench(commands::bench::Bench),
+    /// Benchmarks (speed figures): runs `mathcoder-bench`, built beside this binary
+    /// (`sandbox`, `runtime`, `engine`, `grade`; `mathcoder bench --help` lists them).
+    #[command(disable_help_flag = true)]
+    Bench(commands::bench::Args),
 }
 
 fn main() {
@@ -56,8 +53,7 @@ fn main() {
         Command::Generate(a) => commands::engine::generate(a),
         Command::Solve(a) => commands::run::solve(a),
         Command::Eval(a) => commands::run::eval(a),
-        Command::ReplayServer(a) => commands::run::replay(a),
-        Command::Bench(b) => commands::bench::run(b),
+        Command::Bench(a) => commands::bench::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

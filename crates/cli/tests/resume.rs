@@ -1,6 +1,6 @@
 //! `mathcoder eval` killed with SIGKILL at random moments, then resumed: every problem ends up in
-//! results.jsonl exactly once, with the same results as an uninterrupted run. Uses the hidden
-//! `replay-server` (MathCoder-L-7B's vendored SimulEq outputs) and the real sandbox.
+//! results.jsonl exactly once, with the same results as an uninterrupted run. Uses
+//! `mathcoder-bench replay-server` (MathCoder-L-7B's vendored SimulEq outputs) and the real sandbox.
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -11,6 +11,19 @@ use std::time::Instant;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mathcoder"))
+}
+
+/// `mathcoder-bench` (where the replay server lives), built beside `mathcoder` by
+/// `cargo test --workspace`.
+fn bench_bin() -> Command {
+    let path = Path::new(env!("CARGO_BIN_EXE_mathcoder"))
+        .with_file_name(format!("mathcoder-bench{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` (it builds mathcoder-bench)",
+        path.display()
+    );
+    Command::new(path)
 }
 
 struct Killed(Child);
@@ -28,7 +41,7 @@ fn replay_server() -> (Killed, String) {
         env!("CARGO_MANIFEST_DIR"),
         "/../../data/released-outputs/MathCoder-L-7b/simuleq"
     );
-    let mut child = bin()
+    let mut child = bench_bin()
         .args([
             "replay-server",
             data,

@@ -2,10 +2,11 @@
 //! the [`Problem`] type every other stage consumes.
 //!
 //! This crate sits at the start of the data flow (problem -> prompt -> ...); it knows nothing of
-//! grading or generation. [`Benchmark::grading_conventions`] names the answer conventions the
-//! grader should apply, as a plain string the grading crate understands.
+//! generation, and of grading only the grader's name for a benchmark's answer conventions
+//! ([`Benchmark::conventions`], a `mathcoder_grade::Dataset`).
 
 use flate2::read::GzDecoder;
+pub use mathcoder_grade::Dataset as Conventions;
 use mathcoder_lce::record::{value_as_text, TestRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -25,8 +26,10 @@ pub enum DatasetError {
         line: usize,
         message: String,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Record(#[from] mathcoder_lce::RecordError),
+    #[error("{spec:?} is neither a benchmark ({benchmarks}) nor a file")]
+    NotFound { spec: String, benchmarks: String },
     #[error("corrupt embedded data for {0}")]
     Embedded(&'static str),
 }
@@ -162,12 +165,39 @@ impl Benchmark {
         }
     }
 
-    /// The grader's answer conventions for this benchmark (a `mathcoder-grade` dataset name).
-    pub fn grading_conventions(self) -> &'static str {
+    /// The grader's answer conventions for this benchmark.
+    pub fn conventions(self) -> Conventions {
         match self {
-            Benchmark::Math500 => "math",
-            other => other.name(),
+            Benchmark::Gsm8k => Conventions::Gsm8k,
+            Benchmark::Math | Benchmark::Math500 => Conventions::Math,
+            Benchmark::Svamp => Conventions::Svamp,
+            Benchmark::Mathematics => Conventions::Mathematics,
+            Benchmark::SimulEq => Conventions::SimulEq,
+            Benchmark::Asdiv => Conventions::Asdiv,
+            Benchmark::GsmHard => Conventions::GsmHard,
+            Benchmark::Mawps => Conventions::Mawps,
         }
+    }
+
+    /// Problems in the benchmark (checked against the vendored files by a test).
+    pub fn size(self) -> usize {
+        match self {
+            Benchmark::Gsm8k => 1319,
+            Benchmark::Math => 5000,
+            Benchmark::Math500 => 500,
+            Benchmark::Svamp => 1000,
+            Benchmark::Mathematics => 1000,
+            Benchmark::SimulEq => 514,
+            Benchmark::Asdiv => 2215,
+            Benchmark::GsmHard => 1319,
+            Benchmark::Mawps => 2065,
+        }
+    }
+
+    /// The full benchmark whose answer conventions are `c` (MATH for MATH's conventions, not
+    /// its 500-problem subset).
+    pub fn for_conventions(c: Conventions) -> Option<Benchmark> {
+        Benchmark::ALL.into_iter().find(|b| b.conventions() == c)
     }
 
     fn files(self) -> &'static [Embedded] {
@@ -224,6 +254,48 @@ pub fn math_subject(id: &str) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// Problems named on a command line: a benchmark or a file, with its name and conventions.
+#[derive(Clone, Debug)]
+pub struct ProblemSet {
+    /// The benchmark's name, or the file's stem.
+    pub name: String,
+    pub problems: Vec<Problem>,
+    /// The answer conventions: the benchmark's, or guessed from the file's path.
+    pub conventions: Option<Conventions>,
+}
+
+/// Resolves `spec`: a benchmark name (see [`Benchmark::from_name`]) or a path to a JSONL file of
+/// problems (see [`load_file`]).
+pub fn resolve(spec: &str) -> Result<ProblemSet, DatasetError> {
+    if let Some(b) = Benchmark::from_name(spec) {
+        return Ok(ProblemSet {
+            name: b.name().to_string(),
+            problems: b.load()?,
+            conventions: Some(b.conventions()),
+        });
+    }
+    let path = Path::new(spec);
+    if !path.exists() {
+        return Err(DatasetError::NotFound {
+            spec: spec.to_string(),
+            benchmarks: Benchmark::ALL.map(|b| b.name()).join(", "),
+        });
+    }
+    let name = path
+        .file_name()
+        .and_then(|s| s.to_str())
+        .unwrap_or("dataset")
+        .split('.')
+        .next()
+        .unwrap_or("dataset")
+        .to_string();
+    Ok(ProblemSet {
+        problems: load_file(path, &name)?,
+        conventions: Conventions::from_path(&path.to_string_lossy()),
+        name,
+    })
 }
 
 /// Loads problems from a file: the authors' test format (`messages` + `ground_truth`), ToRA's
@@ -360,18 +432,8 @@ mod tests {
 
     #[test]
     fn every_benchmark_loads_with_its_size() {
-        let sizes = [
-            (Benchmark::Gsm8k, 1319),
-            (Benchmark::Math, 5000),
-            (Benchmark::Math500, 500),
-            (Benchmark::Svamp, 1000),
-            (Benchmark::Mathematics, 1000),
-            (Benchmark::SimulEq, 514),
-            (Benchmark::Asdiv, 2215),
-            (Benchmark::GsmHard, 1319),
-            (Benchmark::Mawps, 2065),
-        ];
-        for (b, n) in sizes {
+        for b in Benchmark::ALL {
+            let n = b.size();
             let ps = b.load().unwrap();
             assert_eq!(ps.len(), n, "{}", b.name());
             let mut ids: Vec<&str> = ps.iter().map(|p| p.id.as_str()).collect();

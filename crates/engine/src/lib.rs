@@ -17,6 +17,7 @@
 pub mod cache;
 pub mod config;
 pub mod engine;
+pub mod factory;
 mod gemv;
 pub mod load;
 pub mod model;
@@ -29,6 +30,7 @@ pub mod tokenizer;
 
 pub use config::ModelConfig;
 pub use engine::{Engine, Finish, GenOutput, GenParams, Job, Session};
+pub use factory::{backend, load_native, BuildError};
 pub use load::{load_model, LoadOptions};
 pub use sampling::SamplingParams;
 pub use tokenizer::Tok;

@@ -30,9 +30,10 @@ pub struct NativeConfig {
 
 impl Default for NativeConfig {
     fn default() -> Self {
+        let spec = mathcoder_llm::NativeSpec::default();
         NativeConfig {
-            max_batch: 32,
-            cache_bytes: 4 << 30,
+            max_batch: spec.max_batch,
+            cache_bytes: spec.kv_cache_mb << 20,
         }
     }
 }

@@ -13,18 +13,22 @@ use std::path::PathBuf;
 pub use report::{
     group_runs, render_text, Agreement, FileSummary, MathTable, RunReport, VerdictLine,
 };
-pub use score::{score_file, AuthorsSplit, FileScore, ScoredRecord, SolutionStats};
+pub use score::{
+    score_file, score_records, AuthorsSplit, FileScore, Grading, ScoredRecord, SolutionStats,
+};
 
 /// Errors scoring files.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
-    #[error("{0}")]
+    #[error(transparent)]
     Record(#[from] mathcoder_lce::RecordError),
+    #[error(transparent)]
+    RunRecord(#[from] mathcoder_lce::run::RunRecordError),
     #[error("cannot tell which dataset {0} is from its path; pass --dataset")]
     UnknownDataset(PathBuf),
     #[error("no output files (*.jsonl, *.jsonl.gz) under {0}")]
     NoFiles(PathBuf),
-    #[error("cannot read directory {path}: {source}")]
+    #[error("cannot read directory {path}")]
     Dir {
         path: PathBuf,
         #[source]

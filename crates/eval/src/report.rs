@@ -177,14 +177,7 @@ fn ratio(a: usize, b: usize) -> f64 {
 
 /// Size of a benchmark the grader knows, by its conventions name.
 pub fn benchmark_size(d: Dataset) -> Option<usize> {
-    match d {
-        Dataset::Gsm8k => Some(1319),
-        Dataset::Math => Some(5000),
-        Dataset::Svamp => Some(1000),
-        Dataset::Mathematics => Some(1000),
-        Dataset::SimulEq => Some(514),
-        _ => None,
-    }
+    mathcoder_datasets::Benchmark::for_conventions(d).map(|b| b.size())
 }
 
 /// Groups graded files into runs: an authors' `X-correct` and `X-wrong` pair in the same

@@ -2,11 +2,13 @@
 
 use mathcoder_datasets::{math_levels, math_subject};
 use mathcoder_grade::{Dataset, Grader, Verdict};
-use mathcoder_lce::record::{read_jsonl, OutputRecord};
-use mathcoder_lce::BlockKind;
+use mathcoder_lce::record::{Numbered, OutputRecord};
+use mathcoder_lce::run::read_run_records;
+use mathcoder_lce::{BlockKind, RunRecord};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::EvalError;
 
@@ -99,6 +101,8 @@ pub struct FileScore {
     pub dataset: Dataset,
     pub split: Option<AuthorsSplit>,
     pub records: Vec<ScoredRecord>,
+    /// Records graded here (the others carried their verdict from the run that wrote them).
+    pub graded: usize,
 }
 
 impl FileScore {
@@ -107,36 +111,78 @@ impl FileScore {
     }
 }
 
-/// Reads and grades one output file. `dataset` overrides detection from the path.
-/// `progress` is called with the number of records graded since the last call.
+/// Where verdicts come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Grading {
+    /// A record graded when it was written (our run records) keeps its verdict; the others
+    /// (the authors' files) are graded now.
+    #[default]
+    Stored,
+    /// Every record is graded again.
+    Regrade,
+}
+
+/// Reads and grades one output file. `dataset` overrides detection from the path (or, for our
+/// run records, from the dataset they name). `progress` is called with the number of records
+/// scored since the last call.
 pub fn score_file(
     path: &Path,
     dataset: Option<Dataset>,
     grader: &Grader,
+    grading: Grading,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<FileScore, EvalError> {
+    let records = read_run_records(path)?;
+    score_records(path, records, dataset, grader, grading, progress)
+}
+
+/// Scores records already read from `path` (see [`score_file`]).
+pub fn score_records(
+    path: &Path,
+    records: Vec<Numbered<RunRecord>>,
+    dataset: Option<Dataset>,
+    grader: &Grader,
+    grading: Grading,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<FileScore, EvalError> {
     let dataset = match dataset {
         Some(d) => d,
         None => Dataset::from_path(&path.to_string_lossy())
+            .or_else(|| {
+                let run = records.first()?.record.run.as_ref()?;
+                Dataset::from_name(&run.dataset)
+            })
             .ok_or_else(|| EvalError::UnknownDataset(path.to_path_buf()))?,
     };
-    let records = read_jsonl::<OutputRecord>(path)?;
     let levels = (dataset == Dataset::Math).then(math_levels);
+    let graded = AtomicUsize::new(0);
     let scored: Vec<ScoredRecord> = records
         .par_iter()
         .map(|n| {
-            let r = &n.record;
-            let question = r.question();
-            let verdict = grader.grade(
-                dataset,
-                &r.ground_truth.answer_text(),
-                &r.completion,
-                Some(&question),
-            );
+            let r = &n.record.record;
+            let gold = r.ground_truth.answer_text();
+            let verdict = match (grading, n.record.verdict()) {
+                (Grading::Stored, Some(v)) => Verdict {
+                    correct: v.correct,
+                    gold,
+                    extracted: v.extracted.clone(),
+                    extraction: None,
+                    rule: None,
+                    reason: v.reason.clone(),
+                },
+                _ => {
+                    graded.fetch_add(1, Ordering::Relaxed);
+                    grader.grade(dataset, &gold, &r.completion, Some(&r.question()))
+                }
+            };
             let id = r.id_text();
+            let run = n.record.run.as_ref();
             let (subject, level) = match (&id, levels) {
                 (Some(id), Some(levels)) => (math_subject(id), levels.get(id).copied()),
-                _ => (None, None),
+                _ => (
+                    run.and_then(|m| m.subject.clone()),
+                    run.and_then(|m| m.level),
+                ),
             };
             progress(1);
             ScoredRecord {
@@ -154,6 +200,7 @@ pub fn score_file(
         dataset,
         split: AuthorsSplit::from_path(path).map(|(s, _)| s),
         records: scored,
+        graded: graded.into_inner(),
     })
 }
 

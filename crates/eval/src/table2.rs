@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::report::{group_runs, Agreement};
-use crate::score::{score_file, FileScore};
+use crate::score::{score_file, FileScore, Grading};
 use crate::EvalError;
 
 /// Datasets of Table 2, in column order.
@@ -130,7 +130,7 @@ pub fn reproduce(
     let files = find_output_files(dir)?;
     let mut scores: Vec<FileScore> = Vec::new();
     for f in &files {
-        scores.push(score_file(f, None, grader, progress)?);
+        scores.push(score_file(f, None, grader, Grading::Stored, progress)?);
     }
     let mut cells = Vec::new();
     for (run, idx) in group_runs(&scores) {

@@ -166,6 +166,7 @@ pub enum GoldDecimals {
 /// How a decimal answer compares with an exact, non-decimal gold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum ApproxPolicy {
     /// Accept a decimal that is the gold rounded/truncated to its own places (3+ significant
     /// digits).
@@ -179,6 +180,7 @@ pub enum ApproxPolicy {
 /// gold that is one value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum MultiAnswer {
     /// SimulEq only: the gold is the first unknown the question asks for, so the first stated
     /// value is compared (`-21,-43` is right for gold `-21`).
@@ -192,6 +194,7 @@ pub enum MultiAnswer {
 /// Named option sets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Protocol {
     /// Our rules (see the crate docs).
     #[default]

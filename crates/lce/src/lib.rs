@@ -13,10 +13,12 @@ pub mod parse;
 pub mod prompt;
 pub mod pyjson;
 pub mod record;
+pub mod run;
 pub mod tokens;
 
 pub use block::{render_blocks, Block, BlockKind};
 pub use parse::{parse_blocks, parse_round, ParseWarning, ParsedOutput};
 pub use prompt::{parse_conversation, Conversation, PromptTemplate, DEFAULT_SYSTEM_PROMPT};
 pub use record::{DebugEntry, GroundTruth, OutputRecord, RecordError, TestRecord};
+pub use run::{RunInfo, RunRecord, StopReason, StoredVerdict};
 pub use tokens::SpecialToken;

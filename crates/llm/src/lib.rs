@@ -11,7 +11,10 @@
 
 pub mod http;
 pub mod openai;
+pub mod spec;
 pub mod tgi;
+
+pub use spec::{BackendKind, BackendSpec, NativeDtype, NativeSpec};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -1,10 +1,9 @@
 //! Summaries of a results file: accuracy, maj@k and pass@k over samples, stop reasons, timings.
 
 use mathcoder_grade::{Dataset, Grader};
+use mathcoder_lce::{RunInfo, RunRecord};
 use serde::Serialize;
-use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 
 /// `summary.json`.
 #[derive(Clone, Debug, Serialize)]
@@ -34,45 +33,43 @@ pub struct Summary {
     pub reference: Option<crate::reference::Comparison>,
 }
 
-/// Summarises `results.jsonl`.
+/// Summarises the records of a run (as [`crate::read_results`] reads them), from the verdicts
+/// stored in them: nothing is graded again.
 pub fn summarize(
-    path: &Path,
+    records: &[RunRecord],
     dataset: &str,
     backend: &str,
     conventions: Dataset,
     grader: &Grader,
-) -> std::io::Result<Summary> {
-    let text = std::fs::read_to_string(path)?;
+) -> Summary {
     let mut by_problem: HashMap<String, Vec<(Option<String>, bool)>> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
-    let (mut records, mut correct, mut failed) = (0usize, 0usize, 0usize);
+    let (mut correct, mut failed) = (0usize, 0usize);
     let mut stops: BTreeMap<String, usize> = BTreeMap::new();
     let (mut blocks, mut total, mut gen, mut exec) = (0.0, 0.0, 0.0, 0.0);
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        let m = &v["mathcoder"];
-        records += 1;
-        let ok = m["correct"].as_bool().unwrap_or(false);
+    let records: Vec<(&RunRecord, &RunInfo)> = records
+        .iter()
+        .filter_map(|r| r.run.as_ref().map(|i| (r, i)))
+        .collect();
+    for (r, m) in &records {
+        let ok = m.verdict.correct;
         correct += ok as usize;
-        failed += m["failed"].as_bool().unwrap_or(false) as usize;
-        *stops
-            .entry(m["stop"].as_str().unwrap_or("unknown").to_string())
-            .or_insert(0) += 1;
-        blocks += m["model_blocks"].as_f64().unwrap_or(0.0);
-        total += m["total_ms"].as_f64().unwrap_or(0.0);
-        gen += m["generate_ms"].as_f64().unwrap_or(0.0);
-        exec += m["execute_ms"].as_f64().unwrap_or(0.0);
-        let id = v["id"].as_str().unwrap_or("").to_string();
+        failed += m.failed() as usize;
+        *stops.entry(m.stop.label().to_string()).or_insert(0) += 1;
+        blocks += m.model_blocks as f64;
+        total += m.total_ms;
+        gen += m.generate_ms;
+        exec += m.execute_ms;
+        let id = r.id();
         if !by_problem.contains_key(&id) {
             order.push(id.clone());
         }
         by_problem
             .entry(id)
             .or_default()
-            .push((m["extracted"].as_str().map(String::from), ok));
+            .push((m.verdict.extracted.clone(), ok));
     }
+    let records = records.len();
     let problems = by_problem.len();
     let samples = by_problem.values().map(Vec::len).max().unwrap_or(0);
     let d = records.max(1) as f64;
@@ -93,7 +90,7 @@ pub fn summarize(
     } else {
         (None, None, None)
     };
-    Ok(Summary {
+    Summary {
         dataset: dataset.to_string(),
         backend: backend.to_string(),
         problems,
@@ -111,7 +108,7 @@ pub fn summarize(
         mean_generate_ms: gen / d,
         mean_execute_ms: exec / d,
         reference: None,
-    })
+    }
 }
 
 /// Majority vote: samples are grouped by equivalent extracted answers; the largest group (ties:
@@ -164,11 +161,20 @@ mod tests {
             );
             text.push('\n');
         }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("results.jsonl");
-        std::fs::write(&path, text).unwrap();
+        let records: Vec<RunRecord> = text
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let o = v.as_object_mut().unwrap();
+                o.insert("messages".into(), serde_json::json!([]));
+                o.insert("ground_truth".into(), serde_json::json!({"answer": ""}));
+                o.insert("debug_result".into(), serde_json::json!([]));
+                o.insert("completion".into(), serde_json::json!(""));
+                RunRecord::from_output(serde_json::from_value(v).unwrap()).unwrap()
+            })
+            .collect();
         let g = Grader::new(GradeOptions::default());
-        let s = summarize(&path, "d", "b", Dataset::Generic, &g).unwrap();
+        let s = summarize(&records, "d", "b", Dataset::Generic, &g);
         assert_eq!((s.problems, s.samples, s.records, s.correct), (2, 3, 6, 3));
         assert_eq!(s.maj_at_k, Some(0.5));
         assert_eq!(s.pass_at_k, Some(1.0));

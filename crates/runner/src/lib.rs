@@ -11,13 +11,13 @@ pub mod reference;
 
 use mathcoder_datasets::Problem;
 use mathcoder_grade::{Dataset, Grader, Verdict};
-use mathcoder_lce::record::{DebugEntry, GroundTruth, Message, OutputRecord};
-use mathcoder_lce::{pyjson, DEFAULT_SYSTEM_PROMPT};
+use mathcoder_lce::record::OutputRecord;
+use mathcoder_lce::{RunInfo, RunRecord, StoredVerdict, DEFAULT_SYSTEM_PROMPT};
 use mathcoder_llm::Backend;
 use mathcoder_sandbox::Sandbox;
 use mathcoder_solve::{solve, Outcome, SolveConfig};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,8 @@ pub enum RunError {
     Mismatch(PathBuf, String),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Records(#[from] mathcoder_lce::run::RunRecordError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
@@ -45,22 +47,46 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
     }
 }
 
-/// What makes two runs the same run (checked on resume).
+/// What makes two runs the same run (checked on resume). Built only from a [`RunConfig`] and the
+/// backend's description ([`RunIdentity::of`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunIdentity {
-    pub dataset: String,
-    pub samples: usize,
-    pub backend: String,
-    pub max_blocks: usize,
-    pub max_new_tokens: u32,
-    pub temperature: f32,
-    pub system: String,
+    dataset: String,
+    samples: usize,
+    backend: String,
+    max_blocks: usize,
+    max_new_tokens: u32,
+    temperature: f32,
+    system: String,
+}
+
+impl RunIdentity {
+    /// The identity of a run with `config` on the backend `backend` describes itself as.
+    pub fn of(config: &RunConfig, backend: &str) -> RunIdentity {
+        RunIdentity {
+            dataset: config.dataset.clone(),
+            samples: config.samples,
+            backend: backend.to_string(),
+            max_blocks: config.solve.max_blocks,
+            max_new_tokens: config.solve.max_new_tokens,
+            temperature: config.solve.temperature,
+            system: config.solve.template.system.clone(),
+        }
+    }
+    pub fn dataset(&self) -> &str {
+        &self.dataset
+    }
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
 }
 
 /// A run's settings.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub out: PathBuf,
+    /// The dataset's name (recorded in `run.json` and every record).
+    pub dataset: String,
     pub concurrency: usize,
     /// Samples per problem (seeds `seed + i`).
     pub samples: usize,
@@ -98,21 +124,22 @@ pub fn load_done(path: &Path, drop_failed: bool) -> Result<HashSet<(String, usiz
             rewrite = true;
             break;
         }
-        let v: Value = match serde_json::from_slice(line) {
-            Ok(v) => v,
+        let record = match serde_json::from_slice::<OutputRecord>(line)
+            .map_err(|e| e.to_string())
+            .and_then(|r| RunRecord::from_output(r).map_err(|e| e.to_string()))
+        {
+            Ok(r) => r,
             Err(_) => {
                 rewrite = true;
                 continue;
             }
         };
-        let id = v["id"].as_str().map(String::from).unwrap_or_default();
-        let sample = v["mathcoder"]["sample"].as_u64().unwrap_or(0) as usize;
-        let failed = v["mathcoder"]["failed"].as_bool().unwrap_or(false);
+        let failed = record.run.as_ref().is_some_and(RunInfo::failed);
         if drop_failed && failed {
             rewrite = true;
             continue;
         }
-        if !done.insert((id, sample)) {
+        if !done.insert((record.id(), record.sample())) {
             // A duplicate (should not happen): keep the first.
             rewrite = true;
             continue;
@@ -131,84 +158,58 @@ pub fn load_done(path: &Path, drop_failed: bool) -> Result<HashSet<(String, usiz
     Ok(done)
 }
 
-/// Builds the output record (the authors' format plus a `mathcoder` object).
-pub fn output_record(
+/// Builds the run record of one solved sample: the authors' format plus our `mathcoder` object.
+pub fn run_record(
     p: &Problem,
     sample: usize,
     outcome: &Outcome,
     verdict: &Verdict,
     config: &SolveConfig,
     backend: &str,
-) -> OutputRecord {
-    let text = |s: &str| Message {
-        role: String::new(),
-        content: vec![mathcoder_lce::record::ContentPart {
-            kind: "text".into(),
-            content: s.to_string(),
-            extra: Map::new(),
-        }],
-        extra: Map::new(),
-    };
-    let mut system = text(&config.template.system);
-    system.role = "system".into();
-    let mut user = text(&p.question);
-    user.role = "user".into();
-    let mut debug = vec![
-        DebugEntry {
-            role: "system".into(),
-            content: config.template.system.clone(),
-            extra: Map::new(),
-        },
-        DebugEntry {
-            role: "user".into(),
-            content: p.question.clone(),
-            extra: Map::new(),
-        },
-    ];
-    debug.extend(outcome.blocks.iter().map(DebugEntry::from_block));
-    let mut extra = Map::new();
-    extra.insert(
-        "mathcoder".into(),
-        json!({
-            "sample": sample,
-            "dataset": p.dataset,
-            "subject": p.subject,
-            "level": p.level,
-            "stop": outcome.stop.label(),
-            "stop_detail": outcome.stop,
-            "failed": outcome.stop.is_failure(),
-            "model_blocks": outcome.model_blocks(),
-            "rounds": outcome.rounds.len(),
-            "generated_tokens": outcome.rounds.iter().filter_map(|r| r.generated_tokens).map(u64::from).sum::<u64>(),
-            "total_ms": outcome.total_ms,
-            "generate_ms": outcome.generate_ms,
-            "execute_ms": outcome.execute_ms,
-            "backend": backend,
-            "extracted": verdict.extracted,
-            "correct": verdict.correct,
-            "reason": verdict.reason,
-        }),
+) -> RunRecord {
+    let record = mathcoder_lce::run::output_record(
+        &p.id,
+        &config.template.system,
+        &p.question,
+        Value::String(p.answer.clone()),
+        p.solution.clone(),
+        &outcome.blocks,
     );
-    OutputRecord {
-        id: Some(Value::String(p.id.clone())),
-        messages: vec![system, user],
-        ground_truth: GroundTruth {
-            solution: p.solution.clone(),
-            answer: Value::String(p.answer.clone()),
-            extra: Map::new(),
+    let run = RunInfo {
+        sample,
+        dataset: p.dataset.clone(),
+        subject: p.subject.clone(),
+        level: p.level,
+        stop: outcome.stop.clone(),
+        model_blocks: outcome.model_blocks(),
+        rounds: outcome.rounds.len(),
+        generated_tokens: outcome
+            .rounds
+            .iter()
+            .filter_map(|r| r.generated_tokens)
+            .map(u64::from)
+            .sum(),
+        total_ms: outcome.total_ms,
+        generate_ms: outcome.generate_ms,
+        execute_ms: outcome.execute_ms,
+        backend: backend.to_string(),
+        verdict: StoredVerdict {
+            extracted: verdict.extracted.clone(),
+            correct: verdict.correct,
+            reason: verdict.reason.clone(),
         },
-        debug_result: debug,
-        completion: outcome.completion().to_string(),
-        model_answer: None,
-        extra,
+    };
+    RunRecord {
+        record,
+        run: Some(run),
     }
 }
 
-/// Runs `problems` (each `config.samples` times) and appends the records to `out/results.jsonl`.
-/// Returns the number of records written by this call.
+/// Runs `problems` (each `config.samples` times) on `backend` and appends the graded records to
+/// `out/results.jsonl`; each record is graded here, once. Returns the number of records written
+/// by this call.
 pub async fn run(
     problems: &[Problem],
-    identity: &RunIdentity,
     backend: Arc<dyn Backend>,
     sandbox: Sandbox,
     grader: Arc<Grader>,
@@ -227,20 +228,24 @@ pub async fn run(
             p.id
         )));
     }
+    let identity = RunIdentity::of(config, &backend.describe());
     std::fs::create_dir_all(&config.out).map_err(io(&config.out))?;
     let ident_path = config.out.join("run.json");
     match std::fs::read(&ident_path) {
         Ok(b) => {
             let old: RunIdentity = serde_json::from_slice(&b)
                 .map_err(|e| RunError::Invalid(format!("{}: {e}", ident_path.display())))?;
-            if &old != identity {
-                return Err(RunError::Mismatch(config.out.clone(), diff(&old, identity)));
+            if old != identity {
+                return Err(RunError::Mismatch(
+                    config.out.clone(),
+                    diff(&old, &identity),
+                ));
             }
         }
         Err(_) => {
             std::fs::write(
                 &ident_path,
-                serde_json::to_vec_pretty(identity).unwrap_or_default(),
+                serde_json::to_vec_pretty(&identity).unwrap_or_default(),
             )
             .map_err(io(&ident_path))?;
         }
@@ -279,26 +284,27 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let mut tasks = tokio::task::JoinSet::new();
     let problems: Arc<Vec<Problem>> = Arc::new(problems.to_vec());
+    let backend_name: Arc<str> = identity.backend.as_str().into();
     for (i, s) in todo {
         let permit = permits
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| RunError::Invalid("closed".into()))?;
-        let (problems, backend, sandbox, grader, tx, progress) = (
+        let (problems, backend, sandbox, grader, tx, progress, backend_name) = (
             problems.clone(),
             backend.clone(),
             sandbox.clone(),
             grader.clone(),
             tx.clone(),
             progress.clone(),
+            backend_name.clone(),
         );
         let mut solve_cfg = config.solve.clone();
         if config.samples > 1 {
             solve_cfg.seed = Some(solve_cfg.seed.unwrap_or(0) + s as u64);
         }
         let conventions = config.conventions;
-        let backend_name = identity.backend.clone();
         tasks.spawn(async move {
             let _permit = permit;
             let p = &problems[i];
@@ -309,28 +315,39 @@ pub async fn run(
                 outcome.completion(),
                 Some(&p.question),
             );
-            let record = output_record(p, s, &outcome, &verdict, &solve_cfg, &backend_name);
-            let mut line = pyjson::to_string(&record).unwrap_or_default();
-            line.push('\n');
+            let record = run_record(p, s, &outcome, &verdict, &solve_cfg, &backend_name);
+            let line = match record.to_line() {
+                Ok(l) => l,
+                Err(e) => return Err(RunError::Invalid(format!("serializing a record: {e}"))),
+            };
             let failed = outcome.stop.is_failure();
             let _ = tx.send(line).await;
             progress(Event::Finished {
                 correct: verdict.correct,
                 failed,
             });
+            Ok(())
         });
         // Reap finished tasks as we go, so the set does not grow without bound.
         while let Some(r) = tasks.try_join_next() {
-            r.map_err(|e| RunError::Invalid(format!("task: {e}")))?;
+            r.map_err(|e| RunError::Invalid(format!("task: {e}")))??;
         }
     }
     while let Some(r) = tasks.join_next().await {
-        r.map_err(|e| RunError::Invalid(format!("task: {e}")))?;
+        r.map_err(|e| RunError::Invalid(format!("task: {e}")))??;
     }
     drop(tx);
     writer
         .await
         .map_err(|e| RunError::Invalid(format!("writer: {e}")))?
+}
+
+/// Reads every record of a results file (ours), in file order.
+pub fn read_results(path: &Path) -> Result<Vec<RunRecord>, RunError> {
+    Ok(mathcoder_lce::run::read_run_records(path)?
+        .into_iter()
+        .map(|n| n.record)
+        .collect())
 }
 
 fn diff(a: &RunIdentity, b: &RunIdentity) -> String {

@@ -3,9 +3,10 @@
 
 use mathcoder_grade::{extract, Dataset, Grader};
 use mathcoder_lce::record::{read_jsonl, OutputRecord};
+use mathcoder_lce::RunRecord;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// How a run compares with its reference.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -38,9 +39,10 @@ fn answer(completion: &str) -> Option<String> {
     extract(completion).ok().map(|e| e.answer)
 }
 
-/// Compares the records of `results` (first sample of each problem) with those of `reference`.
+/// Compares the run's records (first sample of each problem) with those of `reference`. Our
+/// final answers are the ones stored in the records; the reference's are extracted.
 pub fn compare(
-    results: &Path,
+    results: &[RunRecord],
     reference: &[PathBuf],
     conventions: Dataset,
     grader: &Grader,
@@ -55,15 +57,10 @@ pub fn compare(
     }
     let mut c = Comparison::default();
     let mut seen = std::collections::HashSet::new();
-    for n in read_jsonl::<OutputRecord>(results)? {
-        let ours = n.record;
-        let sample = ours
-            .extra
-            .get("mathcoder")
-            .and_then(|m| m["sample"].as_u64())
-            .unwrap_or(0);
+    for r in results {
+        let ours = &r.record;
         let q = normalize(&ours.question());
-        if sample != 0 || !seen.insert(q.clone()) {
+        if r.sample() != 0 || !seen.insert(q.clone()) {
             continue;
         }
         let Some(rec) = theirs.get(&q) else {
@@ -71,7 +68,11 @@ pub fn compare(
             continue;
         };
         c.matched += 1;
-        let (a, b) = (answer(&ours.completion), answer(&rec.completion));
+        let a = match r.verdict() {
+            Some(v) => v.extracted.clone(),
+            None => answer(&ours.completion),
+        };
+        let b = answer(&rec.completion);
         if a == b {
             c.same_answer += 1;
         } else {

@@ -7,7 +7,7 @@ use mathcoder_llm::http::HttpConfig;
 use mathcoder_llm::tgi::Tgi;
 use mathcoder_llm::Backend;
 use mathcoder_replay::{serve, Fault, Recordings, ReplayConfig, Server};
-use mathcoder_runner::{aggregate, load_done, results_path, run, Event, RunConfig, RunIdentity};
+use mathcoder_runner::{aggregate, load_done, results_path, run, Event, RunConfig};
 use mathcoder_sandbox::{EnvSpec, Sandbox, SandboxConfig};
 use mathcoder_solve::SolveConfig;
 use serde_json::Value;
@@ -65,21 +65,10 @@ fn backend(s: &Server, retries: u32) -> Arc<dyn Backend> {
     )
 }
 
-fn identity() -> RunIdentity {
-    RunIdentity {
-        dataset: "simuleq".into(),
-        samples: 1,
-        backend: "tgi replay".into(),
-        max_blocks: 32,
-        max_new_tokens: 512,
-        temperature: 0.0,
-        system: mathcoder_runner::SYSTEM.into(),
-    }
-}
-
 fn config(out: &Path, concurrency: usize, retry_failed: bool) -> RunConfig {
     RunConfig {
         out: out.to_path_buf(),
+        dataset: "simuleq".into(),
         concurrency,
         samples: 1,
         solve: SolveConfig::default(),
@@ -101,7 +90,6 @@ async fn go(
 ) -> usize {
     run(
         problems,
-        &identity(),
         b,
         sandbox(),
         grader(),
@@ -151,24 +139,14 @@ async fn a_replayed_run_reproduces_the_recorded_solutions() {
         assert_eq!(r["messages"][0]["role"], "system");
         assert!(r["mathcoder"]["stop"].is_string());
     }
-    let c = mathcoder_runner::reference::compare(
-        &results_path(dir.path()),
-        &recorded(),
-        Dataset::SimulEq,
-        &grader(),
-    )
-    .unwrap();
+    let results = mathcoder_runner::read_results(&results_path(dir.path())).unwrap();
+    let c =
+        mathcoder_runner::reference::compare(&results, &recorded(), Dataset::SimulEq, &grader())
+            .unwrap();
     assert_eq!(c.matched, 40);
     assert!(c.same_answer >= 39, "{c:?}");
     assert!(c.same_solution >= 38, "{c:?}");
-    let sum = aggregate::summarize(
-        &results_path(dir.path()),
-        "simuleq",
-        "replay",
-        Dataset::SimulEq,
-        &grader(),
-    )
-    .unwrap();
+    let sum = aggregate::summarize(&results, "simuleq", "replay", Dataset::SimulEq, &grader());
     assert_eq!(sum.records, 40);
     assert_eq!(sum.failed, 0);
     assert!(sum.maj_at_k.is_none());
@@ -217,9 +195,24 @@ async fn faults_fail_problems_not_the_run_and_failed_problems_can_be_retried() {
             };
             assert!(why.contains(expected), "{fault:?}: {why}");
         }
-        // Retrying the failed ones on a healthy server gives the clean run's results.
-        drop(s);
-        let s = server(ReplayConfig::default()).await;
+        // Retrying the failed ones on a healthy server (at the same address: the endpoint is
+        // part of the run's identity) gives the clean run's results.
+        let addr = s.addr;
+        s.stop();
+        let r = Recordings::from_files(&recorded()).unwrap();
+        let mut tries = 0;
+        let s = loop {
+            // The aborted server's listener closes asynchronously.
+            match serve(r.clone(), ReplayConfig::default(), addr).await {
+                Ok(s) => break s,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("cannot serve again at {addr}: {e}"),
+            }
+        };
         assert_eq!(go(&ps, backend(&s, 1), dir.path(), 2, true).await, 2);
         assert_eq!(by_id(dir.path()), by_id(clean.path()), "{fault:?}");
     }
@@ -246,15 +239,14 @@ async fn a_torn_or_partial_results_file_resumes_without_loss_or_duplicates() {
     assert_eq!(go(&ps, backend(&s, 1), dir.path(), 4, false).await, 7);
     assert_eq!(by_id(dir.path()), by_id(full.path()));
     // Different settings in the same directory are refused.
-    let mut other = identity();
-    other.max_blocks = 16;
+    let mut other = config(dir.path(), 1, false);
+    other.solve.max_blocks = 16;
     let e = run(
         &ps,
-        &other,
         backend(&s, 1),
         sandbox(),
         grader(),
-        &config(dir.path(), 1, false),
+        &other,
         Arc::new(|_: Event| {}),
     )
     .await

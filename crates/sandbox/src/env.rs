@@ -15,6 +15,7 @@ use crate::SandboxError;
 /// Which environment to provision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Fidelity {
     /// Python 3.11 (or the closest 3.9-3.11 found) with the 2023 pins: the default.
     #[default]

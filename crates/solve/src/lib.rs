@@ -49,40 +49,7 @@ impl Default for SolveConfig {
     }
 }
 
-/// Why a solution ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
-pub enum StopReason {
-    /// The model ended its message.
-    EndOfMessage,
-    /// `max_blocks` model blocks were written.
-    BlockLimit,
-    /// The model produced nothing usable (an empty generation or end of sequence).
-    Length,
-    /// The backend failed (after its retries).
-    BackendError(String),
-    /// The sandbox could not run code at all.
-    ExecutionFault(String),
-}
-
-impl StopReason {
-    pub fn label(&self) -> &'static str {
-        match self {
-            StopReason::EndOfMessage => "end_of_message",
-            StopReason::BlockLimit => "block_limit",
-            StopReason::Length => "length",
-            StopReason::BackendError(_) => "backend_error",
-            StopReason::ExecutionFault(_) => "execution_fault",
-        }
-    }
-    /// Whether the problem failed for a reason outside the model.
-    pub fn is_failure(&self) -> bool {
-        matches!(
-            self,
-            StopReason::BackendError(_) | StopReason::ExecutionFault(_)
-        )
-    }
-}
+pub use mathcoder_lce::StopReason;
 
 /// One generation round.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use mathcoder_grade::{Dataset, Grader};
 use std::io::Write;
 
-use super::{Format, GradeArgs};
+use mathcoder_cli::args::{Format, GradeArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

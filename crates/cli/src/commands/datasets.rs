@@ -5,7 +5,7 @@ use mathcoder_datasets::Benchmark;
 use serde::Serialize;
 use std::io::Write;
 
-use super::Format;
+use mathcoder_cli::args::Format;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -1,72 +1,12 @@
-//! The native engine from the command line: `--backend native` options and `mathcoder generate`.
+//! `mathcoder generate`: raw generation with the native engine.
 
-use anyhow::{bail, Context, Result};
-use candle_core::DType;
+use anyhow::{bail, Result};
+use mathcoder_cli::args::{Format, NativeArgs};
 use mathcoder_engine::engine::GenParams;
-use mathcoder_engine::native::{NativeBackend, NativeConfig};
-use mathcoder_engine::{Engine, LoadOptions, SamplingParams};
+use mathcoder_engine::SamplingParams;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
-
-/// Options of the native engine (the model itself is `--model`).
-#[derive(clap::Args, Debug, Clone)]
-pub struct NativeArgs {
-    /// tokenizer.json to use instead of the checkpoint's (or a GGUF file's embedded vocabulary).
-    #[arg(long)]
-    pub tokenizer: Option<PathBuf>,
-    /// Compute dtype of dense weights on the CPU: f32 (default), bf16 or f16.
-    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
-    pub dtype: Option<String>,
-    /// CPU threads for matrix multiplies (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-}
-
-impl NativeArgs {
-    pub fn load(&self, path: &Path) -> Result<(Engine, String)> {
-        if let Some(n) = self.threads {
-            // candle's CPU kernels read this when they first run.
-            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        }
-        let dtype = match self.dtype.as_deref() {
-            None => None,
-            Some("f32") => Some(DType::F32),
-            Some("bf16") => Some(DType::BF16),
-            Some("f16") => Some(DType::F16),
-            Some(d) => bail!("unknown dtype {d:?}"),
-        };
-        let opts = LoadOptions {
-            dtype,
-            ..LoadOptions::default()
-        };
-        let engine = mathcoder_engine::load(path, self.tokenizer.as_deref(), &opts)
-            .with_context(|| format!("loading {}", path.display()))?;
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("model")
-            .to_string();
-        Ok((engine, name))
-    }
-
-    pub fn backend(
-        &self,
-        path: &Path,
-        max_batch: usize,
-        kv_cache_mb: usize,
-    ) -> Result<NativeBackend> {
-        let (engine, name) = self.load(path)?;
-        Ok(NativeBackend::start(
-            engine,
-            NativeConfig {
-                max_batch: max_batch.max(1),
-                cache_bytes: kv_cache_mb << 20,
-            },
-            &name,
-        ))
-    }
-}
 
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
@@ -97,8 +37,8 @@ pub struct GenerateArgs {
     /// Do not prepend the beginning-of-sequence token.
     #[arg(long)]
     no_bos: bool,
-    #[arg(long, value_enum, default_value_t = super::Format::Text)]
-    format: super::Format,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
 }
 
 pub fn generate(a: GenerateArgs) -> Result<i32> {
@@ -146,7 +86,7 @@ pub fn generate(a: GenerateArgs) -> Result<i32> {
     let gen_s = t.elapsed().as_secs_f64();
     let mut o = std::io::stdout().lock();
     match a.format {
-        super::Format::Json => {
+        Format::Json => {
             let v = serde_json::json!({
                 "prompt_tokens": prompt,
                 "tokens": out.tokens,
@@ -158,7 +98,7 @@ pub fn generate(a: GenerateArgs) -> Result<i32> {
             serde_json::to_writer(&mut o, &v)?;
             writeln!(o)?;
         }
-        super::Format::Text => {
+        Format::Text => {
             writeln!(o, "{}", out.text)?;
             writeln!(
                 o,

@@ -6,8 +6,9 @@ use mathcoder_grade::{Dataset, Grader};
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
-use super::{Format, GradeArgs};
-use crate::progress;
+use mathcoder_cli::args::{Format, GradeArgs};
+use mathcoder_cli::progress;
+use mathcoder_eval::Grading;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -24,6 +25,10 @@ pub struct Args {
     verdicts: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
+    /// Grade every record again, also our run records that carry the verdict they were given
+    /// when written (by default those are reported as stored).
+    #[arg(long)]
+    regrade: bool,
 }
 
 pub fn run(a: Args) -> Result<i32> {
@@ -39,8 +44,7 @@ pub fn run(a: Args) -> Result<i32> {
     let grader = Grader::new(a.grading.options());
     let mut total = 0u64;
     for f in &a.files {
-        total += mathcoder_eval::score::count_records(f)
-            .with_context(|| format!("reading {}", f.display()))? as u64;
+        total += mathcoder_eval::score::count_records(f)? as u64;
     }
     let pb = progress::bar(total, "grading");
     if total < 2000 {
@@ -48,7 +52,12 @@ pub fn run(a: Args) -> Result<i32> {
     }
     let mut scores: Vec<FileScore> = Vec::new();
     for f in &a.files {
-        scores.push(score_file(f, dataset, &grader, &|n| pb.inc(n))?);
+        let grading = if a.regrade {
+            Grading::Regrade
+        } else {
+            Grading::Stored
+        };
+        scores.push(score_file(f, dataset, &grader, grading, &|n| pb.inc(n))?);
     }
     pb.finish_and_clear();
     if let Some(path) = &a.verdicts {

@@ -1,144 +1,16 @@
-//! `mathcoder solve`, `mathcoder eval`, and the hidden `replay-server`.
+//! `mathcoder solve` and `mathcoder eval`.
 
 use anyhow::{bail, Context, Result};
-use mathcoder_datasets::{load_file, Benchmark, Problem};
 use mathcoder_grade::{Dataset, Grader};
-use mathcoder_lce::{Block, BlockKind, PromptTemplate};
-use mathcoder_llm::http::HttpConfig;
-use mathcoder_llm::{openai::OpenAi, tgi::Tgi, Backend};
-use mathcoder_runner::{aggregate, Event, RunConfig, RunIdentity};
-use mathcoder_solve::{Observer, SolveConfig};
+use mathcoder_lce::{Block, BlockKind};
+use mathcoder_runner::{aggregate, Event, RunConfig};
+use mathcoder_solve::Observer;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use super::sandbox::SandboxArgs;
-use super::{data_dir, GradeArgs};
-
-/// Which model to talk to.
-#[derive(clap::Args, Debug, Clone)]
-pub struct BackendArgs {
-    /// `tgi` (text-generation-inference), `openai` (vLLM, SGLang, llama.cpp, OpenAI), or
-    /// `native` (this program's own engine; needs --model).
-    #[arg(long, default_value = "tgi", value_parser = ["tgi", "openai", "native"])]
-    pub backend: String,
-    /// The server's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub endpoint: String,
-    /// OpenAI-compatible servers: the served model's name (default: mathcoder). Native: the
-    /// checkpoint directory (config.json + safetensors or .bin) or .gguf file.
-    #[arg(long)]
-    pub model: Option<String>,
-    /// API key (default: $OPENAI_API_KEY for the openai backend).
-    #[arg(long)]
-    pub api_key: Option<String>,
-    /// Seconds before a request counts as hung.
-    #[arg(long, default_value_t = 300.0)]
-    pub request_timeout: f64,
-    /// Retries of a failed request (5xx, connection errors, timeouts, malformed replies).
-    #[arg(long, default_value_t = 4)]
-    pub retries: u32,
-    /// First retry delay in seconds (doubles each time).
-    #[arg(long, default_value_t = 0.5)]
-    pub retry_backoff: f64,
-    #[command(flatten)]
-    pub native: super::engine::NativeArgs,
-    /// Native engine: most sequences decoded together.
-    #[arg(long, default_value_t = 32)]
-    pub max_batch: usize,
-    /// Native engine: KV cache kept between rounds, in MiB.
-    #[arg(long, default_value_t = 4096)]
-    pub kv_cache_mb: usize,
-}
-
-impl BackendArgs {
-    pub fn build(&self, max_concurrency: usize) -> Result<Arc<dyn Backend>> {
-        let http = HttpConfig {
-            timeout: Duration::from_secs_f64(self.request_timeout.max(0.001)),
-            retries: self.retries,
-            backoff: Duration::from_secs_f64(self.retry_backoff.max(0.0)),
-            max_concurrency: max_concurrency.max(1),
-            api_key: self.api_key.clone().or_else(|| {
-                (self.backend == "openai")
-                    .then(|| std::env::var("OPENAI_API_KEY").ok())
-                    .flatten()
-            }),
-            ..HttpConfig::default()
-        };
-        if self.backend == "tgi" && self.model.is_some() {
-            bail!("--model names an OpenAI-compatible server's model or the native engine's checkpoint; TGI serves one model");
-        }
-        Ok(match self.backend.as_str() {
-            "native" => {
-                let Some(path) = &self.model else {
-                    bail!("the native backend needs --model DIR|FILE.gguf");
-                };
-                Arc::new(self.native.backend(
-                    std::path::Path::new(path),
-                    self.max_batch,
-                    self.kv_cache_mb,
-                )?)
-            }
-            "tgi" => Arc::new(Tgi::new(&self.endpoint, http)?),
-            "openai" => Arc::new(OpenAi::new(
-                &self.endpoint,
-                self.model.as_deref().unwrap_or("mathcoder"),
-                http,
-            )?),
-            other => bail!("unknown backend {other:?}"),
-        })
-    }
-}
-
-/// The loop's settings.
-#[derive(clap::Args, Debug, Clone)]
-pub struct LoopArgs {
-    /// Most model blocks per solution (the paper: 32; the authors' public script: 16 calls).
-    #[arg(long, default_value_t = 32)]
-    pub max_blocks: usize,
-    /// Most new tokens per block.
-    #[arg(long, default_value_t = 512)]
-    pub max_new_tokens: u32,
-    /// Prompt tokens kept (from the end) by the server; 0 for no truncation.
-    #[arg(long, default_value_t = 1536)]
-    pub truncate: u32,
-    /// Sampling temperature (0: greedy).
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    #[arg(long)]
-    pub top_p: Option<f32>,
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// The system prompt.
-    #[arg(long, default_value = mathcoder_lce::DEFAULT_SYSTEM_PROMPT)]
-    pub system_prompt: String,
-    /// Appended to each question (the authors' public script appended "\n").
-    #[arg(long, default_value = "")]
-    pub question_suffix: String,
-    /// Keep long decimals in generated blocks (the authors rounded them to 6 places).
-    #[arg(long)]
-    pub no_truncate_decimals: bool,
-}
-
-impl LoopArgs {
-    pub fn config(&self) -> SolveConfig {
-        SolveConfig {
-            template: PromptTemplate {
-                system: self.system_prompt.clone(),
-                question_suffix: self.question_suffix.clone(),
-            },
-            max_blocks: self.max_blocks,
-            max_new_tokens: self.max_new_tokens,
-            truncate: (self.truncate > 0).then_some(self.truncate),
-            temperature: self.temperature,
-            top_p: self.top_p,
-            seed: self.seed,
-            truncate_decimals: !self.no_truncate_decimals,
-        }
-    }
-}
+use mathcoder_cli::args::{BackendArgs, GradeArgs, LoopArgs, SandboxArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct SolveArgs {
@@ -268,38 +140,17 @@ pub struct EvalArgs {
     grading: GradeArgs,
 }
 
-fn load_problems(spec: &str) -> Result<(String, Vec<Problem>, Option<Dataset>)> {
-    if let Some(b) = Benchmark::from_name(spec) {
-        return Ok((
-            b.name().to_string(),
-            b.load()?,
-            Dataset::from_name(b.grading_conventions()),
-        ));
-    }
-    let path = PathBuf::from(spec);
-    if !path.exists() {
-        bail!(
-            "{spec:?} is neither a benchmark ({}) nor a file",
-            Benchmark::ALL.map(|b| b.name()).join(", ")
-        );
-    }
-    let name = path
-        .file_name()
-        .and_then(|s| s.to_str())
-        .unwrap_or("dataset")
-        .split('.')
-        .next()
-        .unwrap_or("dataset")
-        .to_string();
-    let conventions = Dataset::from_path(&path.to_string_lossy());
-    Ok((name.clone(), load_file(&path, &name)?, conventions))
-}
-
 pub fn eval(a: EvalArgs) -> Result<i32> {
-    let (name, mut problems, detected) = load_problems(&a.dataset)?;
+    let set = mathcoder_datasets::resolve(&a.dataset)?;
+    let (name, mut problems) = (set.name, set.problems);
     let conventions = match &a.conventions {
-        Some(c) => Dataset::from_name(c).with_context(|| format!("unknown conventions {c:?}"))?,
-        None => detected.unwrap_or(Dataset::Generic),
+        Some(c) => Dataset::from_name(c).with_context(|| {
+            format!(
+                "unknown conventions {c:?}; one of: {}",
+                Dataset::ALL.map(|d| d.name()).join(", ")
+            )
+        })?,
+        None => set.conventions.unwrap_or(Dataset::Generic),
     };
     if let Some(k) = a.limit {
         problems.truncate(k);
@@ -311,24 +162,16 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
     let sandbox = a.sandbox.sandbox()?;
     let grader = Arc::new(Grader::new(a.grading.options()));
     let solve = a.looping.config();
-    let identity = RunIdentity {
-        dataset: name.clone(),
-        samples: a.samples,
-        backend: backend.describe(),
-        max_blocks: solve.max_blocks,
-        max_new_tokens: solve.max_new_tokens,
-        temperature: solve.temperature,
-        system: solve.template.system.clone(),
-    };
     let config = RunConfig {
         out: a.out.clone(),
+        dataset: name.clone(),
         concurrency: a.concurrency,
         samples: a.samples,
         solve,
         conventions,
         retry_failed: a.retry_failed,
     };
-    let pb = crate::progress::bar(0, "solving");
+    let pb = mathcoder_cli::progress::bar(0, "solving");
     let (correct, finished, failed) = (
         Arc::new(AtomicUsize::new(0)),
         Arc::new(AtomicUsize::new(0)),
@@ -368,7 +211,6 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(mathcoder_runner::run(
         &problems,
-        &identity,
         backend.clone(),
         sandbox,
         grader.clone(),
@@ -376,13 +218,17 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         progress,
     ))?;
     pb.finish_and_clear();
+    // The results file is read once; its records carry their verdicts, so nothing is graded
+    // again (the runner graded each record as it finished).
     let results = mathcoder_runner::results_path(&a.out);
+    let records = mathcoder_lce::run::read_run_records(&results)?;
+    let plain: Vec<mathcoder_lce::RunRecord> = records.iter().map(|n| n.record.clone()).collect();
     let mut summary =
-        aggregate::summarize(&results, &name, &identity.backend, conventions, &grader)?;
+        aggregate::summarize(&plain, &name, &backend.describe(), conventions, &grader);
     if !a.reference.is_empty() {
         let files = mathcoder_sandbox::audit::expand_inputs(&a.reference)?;
         summary.reference = Some(mathcoder_runner::reference::compare(
-            &results,
+            &plain,
             &files,
             conventions,
             &grader,
@@ -393,7 +239,15 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         serde_json::to_vec_pretty(&summary)?,
     )
     .context("writing summary.json")?;
-    let score = mathcoder_eval::score_file(&results, Some(conventions), &grader, &|_| {})?;
+    let score = mathcoder_eval::score_records(
+        &results,
+        records,
+        Some(conventions),
+        &grader,
+        mathcoder_eval::Grading::Stored,
+        &|_| {},
+    )?;
+    debug_assert_eq!(score.graded, 0, "eval re-graded stored verdicts");
     let runs = mathcoder_eval::group_runs(std::slice::from_ref(&score));
     let mut out = std::io::stdout().lock();
     write!(
@@ -443,74 +297,5 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         results.display(),
         a.out.join("summary.json").display()
     )?;
-    Ok(0)
-}
-
-#[derive(clap::Args, Debug)]
-pub struct ReplayArgs {
-    /// Output files or directories (default: the vendored released outputs).
-    inputs: Vec<PathBuf>,
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    addr: std::net::SocketAddr,
-    /// Delay per generated token, in milliseconds.
-    #[arg(long, default_value_t = 0.0)]
-    latency_ms: f64,
-    /// Generations served at once.
-    #[arg(long)]
-    slots: Option<usize>,
-    /// Inject a fault: 500, hang, malformed, close.
-    #[arg(long)]
-    fault: Option<String>,
-    /// Every N-th request gets the fault.
-    #[arg(long, default_value_t = 1)]
-    fault_every: u64,
-    /// Only this many faults (0: unlimited).
-    #[arg(long, default_value_t = 0)]
-    fault_limit: u64,
-    /// Reject vLLM's extension fields with a 400, as OpenAI's API does.
-    #[arg(long)]
-    openai_strict: bool,
-}
-
-pub fn replay(a: ReplayArgs) -> Result<i32> {
-    use mathcoder_replay::{serve, Fault, Recordings, ReplayConfig};
-    let inputs = if a.inputs.is_empty() {
-        vec![data_dir()
-            .context("no vendored data; pass output files")?
-            .join("released-outputs")]
-    } else {
-        a.inputs.clone()
-    };
-    let files = mathcoder_sandbox::audit::expand_inputs(&inputs)?;
-    let rec = Recordings::from_files(&files)?;
-    let fault = match a.fault.as_deref() {
-        None => None,
-        Some("500") => Some(Fault::ServerError),
-        Some("hang") => Some(Fault::Hang),
-        Some("malformed") => Some(Fault::Malformed),
-        Some("close") => Some(Fault::Close),
-        Some(f) => bail!("unknown fault {f:?} (500, hang, malformed, close)"),
-    };
-    let config = ReplayConfig {
-        per_token_latency: Duration::from_secs_f64(a.latency_ms.max(0.0) / 1000.0),
-        slots: a.slots,
-        fault,
-        fault_every: a.fault_every,
-        fault_limit: a.fault_limit,
-        openai_strict: a.openai_strict,
-    };
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async {
-        let n = rec.len();
-        let server = serve(rec, config, a.addr).await?;
-        eprintln!(
-            "replaying {n} recorded solutions on {} (TGI: /generate, OpenAI: /v1/completions)",
-            server.url()
-        );
-        println!("{}", server.url());
-        tokio::signal::ctrl_c().await?;
-        server.stop();
-        Ok::<_, anyhow::Error>(())
-    })?;
     Ok(0)
 }

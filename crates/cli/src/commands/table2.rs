@@ -1,13 +1,13 @@
 //! `mathcoder table2 [DIR]`: the paper's Table 2 next to ours.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use mathcoder_eval::table2;
 use mathcoder_grade::Grader;
 use std::io::Write;
 use std::path::PathBuf;
 
-use super::{data_dir, Format, GradeArgs};
-use crate::progress;
+use mathcoder_cli::args::{data_dir, Format, GradeArgs};
+use mathcoder_cli::progress;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -34,11 +34,10 @@ pub fn run(mut a: Args) -> Result<i32> {
     };
     // Table 2 is reproduced with the paper's conventions unless asked otherwise.
     if !std::env::args().any(|x| x == "--protocol" || x.starts_with("--protocol=")) {
-        a.grading.protocol = "paper".into();
+        a.grading.protocol = mathcoder_grade::Protocol::Paper;
     }
     let grader = Grader::new(a.grading.options());
-    let files =
-        table2::find_output_files(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    let files = table2::find_output_files(&dir)?;
     let mut total = 0u64;
     for f in &files {
         total += mathcoder_eval::score::count_records(f)? as u64;
@@ -52,7 +51,7 @@ pub fn run(mut a: Args) -> Result<i32> {
             serde_json::to_writer_pretty(&mut out, &cells)?;
             writeln!(out)?;
         }
-        Format::Text => write!(out, "{}", table2::render(&cells, &a.grading.protocol))?,
+        Format::Text => write!(out, "{}", table2::render(&cells, a.grading.protocol.name()))?,
     }
     if let Some(tol) = a.check {
         let bad: Vec<String> = cells

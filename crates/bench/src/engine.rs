@@ -15,7 +15,7 @@ pub struct EngineBenchArgs {
     #[arg(long, required = true, num_args = 1..)]
     model: Vec<PathBuf>,
     #[command(flatten)]
-    native: super::engine::NativeArgs,
+    native: mathcoder_cli::args::NativeArgs,
     /// Prompt length for the prefill measurement.
     #[arg(long, default_value_t = 256)]
     prompt_tokens: usize,
@@ -166,7 +166,7 @@ fn child(a: &EngineBenchArgs) -> Result<i32> {
 fn run_child(a: &EngineBenchArgs, path: &std::path::Path) -> Result<Value> {
     let exe = std::env::current_exe()?;
     let mut c = std::process::Command::new(exe);
-    c.args(["bench", "engine", "--child", "--model"])
+    c.args(["engine", "--child", "--model"])
         .arg(path)
         .args(["--prompt-tokens", &a.prompt_tokens.to_string()])
         .args(["--decode-tokens", &a.decode_tokens.to_string()])
@@ -174,8 +174,11 @@ fn run_child(a: &EngineBenchArgs, path: &std::path::Path) -> Result<Value> {
     if let Some(t) = &a.native.tokenizer {
         c.arg("--tokenizer").arg(t);
     }
-    if let Some(d) = &a.native.dtype {
-        c.args(["--dtype", d]);
+    if let Some(d) = a.native.dtype {
+        use clap::ValueEnum;
+        if let Some(v) = d.to_possible_value() {
+            c.args(["--dtype", v.get_name()]);
+        }
     }
     if let Some(n) = a.native.threads {
         c.args(["--threads", &n.to_string()]);

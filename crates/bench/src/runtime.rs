@@ -12,10 +12,10 @@
 use anyhow::{Context, Result};
 use mathcoder_datasets::Problem;
 use mathcoder_grade::{Dataset, Grader};
-use mathcoder_llm::http::HttpConfig;
-use mathcoder_llm::{openai::OpenAi, tgi::Tgi, Backend};
+use mathcoder_lce::{BlockKind, RunInfo, RunRecord};
+use mathcoder_llm::{BackendKind, BackendSpec};
 use mathcoder_replay::{serve, Recordings, ReplayConfig};
-use mathcoder_runner::{run, Event, RunConfig, RunIdentity};
+use mathcoder_runner::{read_results, run, Event, RunConfig};
 use mathcoder_sandbox::Sandbox;
 use mathcoder_solve::SolveConfig;
 use serde_json::{json, Value};
@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::data_dir;
+use mathcoder_cli::args::data_dir;
 
 #[derive(clap::Args, Debug)]
 pub struct RuntimeArgs {
@@ -58,48 +58,44 @@ pub struct RuntimeArgs {
     #[arg(long)]
     no_latency_phase: bool,
     /// Wire protocol.
-    #[arg(long, default_value = "tgi", value_parser = ["tgi", "openai"])]
-    backend: String,
+    #[arg(long, value_enum, default_value_t)]
+    backend: BackendKind,
     /// Print the figures as JSON.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    sandbox: super::sandbox::SandboxArgs,
+    sandbox: mathcoder_cli::args::SandboxArgs,
 }
 
 struct Phase {
     wall: Duration,
-    records: Vec<Value>,
+    records: Vec<(RunRecord, RunInfo)>,
 }
 
 impl Phase {
     fn rounds(&self) -> u64 {
-        self.records
-            .iter()
-            .map(|r| r["mathcoder"]["rounds"].as_u64().unwrap_or(0))
-            .sum()
+        self.records.iter().map(|(_, m)| m.rounds as u64).sum()
     }
     fn code_blocks(&self) -> usize {
         self.records
             .iter()
-            .map(|r| {
-                r["debug_result"]
-                    .as_array()
-                    .map_or(0, |d| d.iter().filter(|e| e["role"] == "code").count())
+            .map(|(r, _)| {
+                r.record
+                    .blocks()
+                    .iter()
+                    .filter(|b| b.kind == BlockKind::Code)
+                    .count()
             })
             .sum()
     }
     fn failed(&self) -> usize {
-        self.records
-            .iter()
-            .filter(|r| r["mathcoder"]["failed"] == true)
-            .count()
+        self.records.iter().filter(|(_, m)| m.failed()).count()
     }
 }
 
 struct Bench {
     recordings: Recordings,
-    backend: String,
+    backend: BackendKind,
     sandbox: Sandbox,
     grader: Arc<Grader>,
     conventions: Dataset,
@@ -123,28 +119,18 @@ impl Bench {
             "127.0.0.1:0".parse()?,
         )
         .await?;
-        let http = HttpConfig {
-            max_concurrency: concurrency.max(1),
-            retries: 0,
-            ..HttpConfig::default()
-        };
-        let backend: Arc<dyn Backend> = match self.backend.as_str() {
-            "openai" => Arc::new(OpenAi::new(&server.url(), "replay", http)?),
-            _ => Arc::new(Tgi::new(&server.url(), http)?),
-        };
+        let mut spec = BackendSpec::http(self.backend, &server.url());
+        spec.http.max_concurrency = concurrency.max(1);
+        spec.http.retries = 0;
+        if self.backend == BackendKind::Openai {
+            spec.model = Some("replay".into());
+        }
+        let backend = spec.build_http()?;
         self.runs += 1;
         let out = self.tmp.path().join(format!("run{}", self.runs));
-        let identity = RunIdentity {
-            dataset: "bench".into(),
-            samples: 1,
-            backend: backend.describe(),
-            max_blocks: 32,
-            max_new_tokens: 512,
-            temperature: 0.0,
-            system: mathcoder_lce::DEFAULT_SYSTEM_PROMPT.into(),
-        };
         let config = RunConfig {
             out: out.clone(),
+            dataset: "bench".into(),
             concurrency,
             samples: 1,
             solve: SolveConfig::default(),
@@ -154,7 +140,6 @@ impl Bench {
         let t = Instant::now();
         run(
             problems,
-            &identity,
             backend,
             self.sandbox.clone(),
             self.grader.clone(),
@@ -171,11 +156,10 @@ impl Bench {
     }
 }
 
-fn read_records(path: &Path) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
+fn read_records(path: &Path) -> Result<Vec<(RunRecord, RunInfo)>> {
+    Ok(read_results(path)?
+        .into_iter()
+        .filter_map(|r| r.run.clone().map(|m| (r, m)))
         .collect())
 }
 
@@ -238,16 +222,16 @@ pub fn runtime(a: RuntimeArgs) -> Result<i32> {
     let versions = rt.block_on(sandbox.warm_up())?;
     let mut b = Bench {
         recordings,
-        backend: a.backend.clone(),
+        backend: a.backend,
         sandbox,
         grader: Arc::new(Grader::new(Default::default())),
-        conventions: Dataset::from_name(bench.grading_conventions()).unwrap_or(Dataset::Generic),
+        conventions: bench.conventions(),
         tmp: tempfile::tempdir()?,
         runs: 0,
     };
     let mut report = json!({
         "dataset": bench.name(),
-        "backend": a.backend,
+        "backend": a.backend.name(),
         "python": versions.python,
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });
@@ -269,11 +253,9 @@ pub fn runtime(a: RuntimeArgs) -> Result<i32> {
         let mut cost: Vec<(f64, usize)> = together
             .records
             .iter()
-            .map(|r| {
-                let m = &r["mathcoder"];
-                let est = m["generated_tokens"].as_f64().unwrap_or(0.0) * a.latency_ms
-                    + m["execute_ms"].as_f64().unwrap_or(0.0);
-                let id = r["id"].as_str().unwrap_or("");
+            .map(|(r, m)| {
+                let est = m.generated_tokens as f64 * a.latency_ms + m.execute_ms;
+                let id = r.id();
                 (est, problems.iter().position(|p| p.id == id).unwrap_or(0))
             })
             .collect();
@@ -282,22 +264,24 @@ pub fn runtime(a: RuntimeArgs) -> Result<i32> {
         let mut singles = Vec::new();
         for (_, i) in cost.iter().take(a.singles.max(1)) {
             let one = rt.block_on(b.phase(std::slice::from_ref(&problems[*i]), a.latency_ms, 1))?;
-            let rec = &one.records[0]["mathcoder"];
+            let Some((_, rec)) = one.records.first() else {
+                anyhow::bail!("the single run of {} wrote no record", problems[*i].id);
+            };
             singles.push(json!({
                 "id": problems[*i].id,
                 "wall_s": one.wall.as_secs_f64(),
-                "generate_s": rec["generate_ms"].as_f64().unwrap_or(0.0) / 1000.0,
-                "execute_s": rec["execute_ms"].as_f64().unwrap_or(0.0) / 1000.0,
-                "rounds": rec["rounds"],
-                "tokens": rec["generated_tokens"],
+                "generate_s": rec.generate_ms / 1000.0,
+                "execute_s": rec.execute_ms / 1000.0,
+                "rounds": rec.rounds,
+                "tokens": rec.generated_tokens,
             }));
             say(format!(
                 "  alone: {} in {:.2} s ({} rounds, {} tokens, {:.2} s executing)",
                 problems[*i].id,
                 one.wall.as_secs_f64(),
-                rec["rounds"],
-                rec["generated_tokens"],
-                rec["execute_ms"].as_f64().unwrap_or(0.0) / 1000.0
+                rec.rounds,
+                rec.generated_tokens,
+                rec.execute_ms / 1000.0
             ));
         }
         let slowest = singles
@@ -362,9 +346,9 @@ pub fn runtime(a: RuntimeArgs) -> Result<i32> {
         );
     }
     if a.jupyter {
-        let py = super::sandbox::jupyter_python(&b.sandbox)?;
+        let py = crate::sandbox::jupyter_python(&b.sandbox)?;
         let script = b.tmp.path().join("authors_scheme.py");
-        std::fs::write(&script, include_str!("../../python/authors_scheme.py"))?;
+        std::fs::write(&script, include_str!("../python/authors_scheme.py"))?;
         let questions = b.tmp.path().join("questions.json");
         std::fs::write(
             &questions,

@@ -1,0 +1,9 @@
+//! Benchmark harnesses behind `mathcoder bench ...` (the `mathcoder-bench` binary), and the
+//! replay server command. Each measures against a reference in the same run: a real Jupyter
+//! kernel, the authors' 4-worker scheme, transformers and llama.cpp.
+
+pub mod engine;
+pub mod grade;
+pub mod replay;
+pub mod runtime;
+pub mod sandbox;

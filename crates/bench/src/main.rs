@@ -1,0 +1,81 @@
+//! `mathcoder-bench`: speed figures (what `mathcoder bench ...` runs), and the replay server.
+
+use clap::{Parser, Subcommand};
+use mathcoder_bench::{engine, grade, replay, runtime, sandbox};
+use mathcoder_cli::args::{GradeArgs, SandboxArgs};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "mathcoder bench",
+    version,
+    about = "MathCoder in Rust: speed figures"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand, Debug)]
+enum Bench {
+    /// Sandbox latency: session start and cell round trips (p50/p99), cells per second.
+    Sandbox {
+        /// Sessions to start (sequentially).
+        #[arg(long, default_value_t = 200)]
+        sessions: usize,
+        /// Trivial cells per session.
+        #[arg(long, default_value_t = 5)]
+        cells: usize,
+        /// Also measure a real Jupyter kernel the same way (installs jupyter_client and ipykernel
+        /// into a separate benchmark environment).
+        #[arg(long)]
+        jupyter: bool,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
+    },
+    /// The generate/execute loop against a replay server: concurrency without serialisation
+    /// (per-token latency) and rounds per second (zero latency) vs the authors' 4 workers.
+    Runtime(runtime::RuntimeArgs),
+    /// The native engine: load time, prefill/decode tokens/s, batched decode, peak memory, next
+    /// to transformers and llama.cpp on the same weights (`--reference-python`).
+    Engine(engine::EngineBenchArgs),
+    /// Grading throughput on one core over released outputs, and worst-case inputs.
+    Grade {
+        /// Directory of output files (default: the vendored released outputs).
+        dir: Option<PathBuf>,
+        /// Passes over the data.
+        #[arg(long, default_value_t = 3)]
+        passes: usize,
+        #[command(flatten)]
+        grading: GradeArgs,
+    },
+    /// Serve recorded MathCoder blocks over the TGI and OpenAI protocols (tests, benchmarks).
+    ReplayServer(replay::ReplayArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Bench::Sandbox {
+            sessions,
+            cells,
+            jupyter,
+            sandbox: s,
+        } => sandbox::bench(sessions, cells, jupyter, s),
+        Bench::Runtime(a) => runtime::runtime(a),
+        Bench::Engine(a) => engine::engine(a),
+        Bench::Grade {
+            dir,
+            passes,
+            grading,
+        } => grade::grade(dir, passes, grading),
+        Bench::ReplayServer(a) => replay::replay(a),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! `mathcoder-bench replay-server`: recorded MathCoder blocks served over the TGI and OpenAI
+//! protocols (for tests and benchmarks; never on the inference path).
+
+use anyhow::{bail, Context, Result};
+use mathcoder_cli::args::data_dir;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct ReplayArgs {
+    /// Output files or directories (default: the vendored released outputs).
+    inputs: Vec<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: std::net::SocketAddr,
+    /// Delay per generated token, in milliseconds.
+    #[arg(long, default_value_t = 0.0)]
+    latency_ms: f64,
+    /// Generations served at once.
+    #[arg(long)]
+    slots: Option<usize>,
+    /// Inject a fault: 500, hang, malformed, close.
+    #[arg(long)]
+    fault: Option<String>,
+    /// Every N-th request gets the fault.
+    #[arg(long, default_value_t = 1)]
+    fault_every: u64,
+    /// Only this many faults (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    fault_limit: u64,
+    /// Reject vLLM's extension fields with a 400, as OpenAI's API does.
+    #[arg(long)]
+    openai_strict: bool,
+}
+
+pub fn replay(a: ReplayArgs) -> Result<i32> {
+    use mathcoder_replay::{serve, Fault, Recordings, ReplayConfig};
+    let inputs = if a.inputs.is_empty() {
+        vec![data_dir()
+            .context("no vendored data; pass output files")?
+            .join("released-outputs")]
+    } else {
+        a.inputs.clone()
+    };
+    let files = mathcoder_sandbox::audit::expand_inputs(&inputs)?;
+    let rec = Recordings::from_files(&files)?;
+    let fault = match a.fault.as_deref() {
+        None => None,
+        Some("500") => Some(Fault::ServerError),
+        Some("hang") => Some(Fault::Hang),
+        Some("malformed") => Some(Fault::Malformed),
+        Some("close") => Some(Fault::Close),
+        Some(f) => bail!("unknown fault {f:?} (500, hang, malformed, close)"),
+    };
+    let config = ReplayConfig {
+        per_token_latency: Duration::from_secs_f64(a.latency_ms.max(0.0) / 1000.0),
+        slots: a.slots,
+        fault,
+        fault_every: a.fault_every,
+        fault_limit: a.fault_limit,
+        openai_strict: a.openai_strict,
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let n = rec.len();
+        let server = serve(rec, config, a.addr).await?;
+        eprintln!(
+            "replaying {n} recorded solutions on {} (TGI: /generate, OpenAI: /v1/completions)",
+            server.url()
+        );
+        println!("{}", server.url());
+        tokio::signal::ctrl_c().await?;
+        server.stop();
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(0)
+}

@@ -1,0 +1,300 @@
+//! Flags shared by several commands (and by `mathcoder-bench`), each defined once. Defaults come
+//! from the libraries' `Default`s, so a default lives in one place.
+
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use mathcoder_grade::{ApproxPolicy, GradeOptions, MultiAnswer, Protocol};
+use mathcoder_lce::PromptTemplate;
+use mathcoder_llm::http::HttpConfig;
+use mathcoder_llm::{BackendKind, BackendSpec, NativeDtype, NativeSpec};
+use mathcoder_sandbox::{env, EnvSpec, Fidelity, Limits, Sandbox, SandboxConfig};
+use mathcoder_solve::SolveConfig;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Grading options shared by commands.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GradeArgs {
+    /// Grading protocol: `default` (our rules) or `paper` (the paper's conventions, e.g. a
+    /// multi-value SimulEq answer counts wrong; needed to reproduce Table 2).
+    #[arg(long, value_enum, default_value_t)]
+    pub protocol: Protocol,
+    /// How a decimal answer compares with an exact gold: `precision` (accept a correct rounding
+    /// to the decimal's own places) or `exact` (MATH convention: never). Default: the protocol's.
+    #[arg(long, value_enum)]
+    pub approx: Option<ApproxPolicy>,
+    /// SimulEq multi-value answers: `first` (compare the first value) or `reject`. Default: the
+    /// protocol's.
+    #[arg(long, value_enum)]
+    pub multi_answer: Option<MultiAnswer>,
+}
+
+impl GradeArgs {
+    pub fn options(&self) -> GradeOptions {
+        let mut o = self.protocol.options();
+        if let Some(a) = self.approx {
+            o.approx = a;
+        }
+        if let Some(m) = self.multi_answer {
+            o.multi_answer = m;
+        }
+        o
+    }
+}
+
+fn limits() -> Limits {
+    Limits::default()
+}
+
+/// Options choosing and limiting the Python environment (shared by commands that execute code).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SandboxArgs {
+    /// Build the environment from this interpreter.
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// `default` (Python 3.11-era pins) or `period` (Python 3.9, the recording environment).
+    #[arg(long, value_enum, default_value_t)]
+    pub fidelity: Fidelity,
+    /// Seconds a cell may run before it is interrupted.
+    #[arg(long, default_value_t = limits().cell_timeout.as_secs_f64())]
+    pub timeout: f64,
+    /// Characters of output kept per cell.
+    #[arg(long, default_value_t = limits().max_output)]
+    pub max_output: usize,
+    /// Address-space limit per session, in MiB.
+    #[arg(long, default_value_t = limits().address_space >> 20)]
+    pub memory_mb: u64,
+}
+
+impl SandboxArgs {
+    pub fn spec(&self) -> EnvSpec {
+        EnvSpec {
+            fidelity: self.fidelity,
+            python: self.python.clone(),
+            home: None,
+        }
+    }
+
+    pub fn config(&self) -> Result<SandboxConfig> {
+        if !(self.timeout > 0.0 && self.timeout.is_finite()) {
+            bail!("--timeout must be a positive number of seconds");
+        }
+        Ok(SandboxConfig {
+            limits: Limits {
+                cell_timeout: Duration::from_secs_f64(self.timeout),
+                max_output: self.max_output,
+                address_space: self.memory_mb << 20,
+                ..Limits::default()
+            },
+            ..SandboxConfig::default()
+        })
+    }
+
+    /// Provisions the environment (with progress on stderr) and creates a sandbox.
+    pub fn sandbox(&self) -> Result<Sandbox> {
+        let env = ensure_env(&self.spec())?;
+        Ok(Sandbox::new(env, self.config()?)?)
+    }
+}
+
+/// Provisions (or checks) the Python environment, showing progress on stderr.
+pub fn ensure_env(spec: &EnvSpec) -> Result<env::PythonEnv> {
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    pb.enable_steady_tick(Duration::from_millis(120));
+    let r = env::ensure(spec, &|line| {
+        pb.set_message(line.to_string());
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!("setup: {line}");
+        }
+    });
+    pb.finish_and_clear();
+    r.context("preparing the Python environment")
+}
+
+fn native() -> NativeSpec {
+    NativeSpec::default()
+}
+
+fn http() -> HttpConfig {
+    HttpConfig::default()
+}
+
+/// Options of the native engine (the model itself is `--model`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct NativeArgs {
+    /// tokenizer.json to use instead of the checkpoint's (or a GGUF file's embedded vocabulary).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Compute dtype of dense weights on the CPU (default: f32).
+    #[arg(long, value_enum)]
+    pub dtype: Option<NativeDtype>,
+    /// CPU threads for matrix multiplies (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl NativeArgs {
+    pub fn spec(&self) -> NativeSpec {
+        NativeSpec {
+            tokenizer: self.tokenizer.clone(),
+            dtype: self.dtype,
+            threads: self.threads,
+            ..NativeSpec::default()
+        }
+    }
+
+    /// The engine at `model` with these options (for commands that drive it directly).
+    pub fn load(&self, model: &std::path::Path) -> Result<(mathcoder_engine::Engine, String)> {
+        let spec = BackendSpec {
+            kind: BackendKind::Native,
+            model: Some(model.display().to_string()),
+            native: self.spec(),
+            ..BackendSpec::default()
+        };
+        Ok(mathcoder_engine::load_native(&spec)?)
+    }
+}
+
+/// Which model to talk to.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// `tgi` (text-generation-inference), `openai` (vLLM, SGLang, llama.cpp's llama-server,
+    /// OpenAI), or `native` (this program's own engine; needs --model).
+    #[arg(long, value_enum, default_value_t)]
+    pub backend: BackendKind,
+    /// The server's base URL.
+    #[arg(long, default_value = mathcoder_llm::spec::DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+    /// OpenAI-compatible servers: the served model's name (default: mathcoder). Native: the
+    /// checkpoint directory (config.json + safetensors or .bin) or .gguf file.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// API key (default: $OPENAI_API_KEY for the openai backend).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Seconds before a request counts as hung.
+    #[arg(long, default_value_t = http().timeout.as_secs_f64())]
+    pub request_timeout: f64,
+    /// Retries of a failed request (5xx, connection errors, timeouts, malformed replies).
+    #[arg(long, default_value_t = http().retries)]
+    pub retries: u32,
+    /// First retry delay in seconds (doubles each time).
+    #[arg(long, default_value_t = http().backoff.as_secs_f64())]
+    pub retry_backoff: f64,
+    #[command(flatten)]
+    pub native: NativeArgs,
+    /// Native engine: most sequences decoded together.
+    #[arg(long, default_value_t = native().max_batch)]
+    pub max_batch: usize,
+    /// Native engine: KV cache kept between rounds, in MiB.
+    #[arg(long, default_value_t = native().kv_cache_mb)]
+    pub kv_cache_mb: usize,
+}
+
+impl BackendArgs {
+    /// The backend these flags name, for at most `max_concurrency` requests in flight.
+    pub fn spec(&self, max_concurrency: usize) -> BackendSpec {
+        BackendSpec {
+            kind: self.backend,
+            endpoint: self.endpoint.clone(),
+            model: self.model.clone(),
+            http: HttpConfig {
+                timeout: Duration::from_secs_f64(self.request_timeout.max(0.001)),
+                retries: self.retries,
+                backoff: Duration::from_secs_f64(self.retry_backoff.max(0.0)),
+                max_concurrency: max_concurrency.max(1),
+                api_key: self.api_key.clone(),
+                ..HttpConfig::default()
+            },
+            native: NativeSpec {
+                max_batch: self.max_batch,
+                kv_cache_mb: self.kv_cache_mb,
+                ..self.native.spec()
+            },
+        }
+    }
+
+    /// Builds the backend.
+    pub fn build(&self, max_concurrency: usize) -> Result<Arc<dyn mathcoder_llm::Backend>> {
+        Ok(mathcoder_engine::backend(&self.spec(max_concurrency))?)
+    }
+}
+
+fn solve_defaults() -> SolveConfig {
+    SolveConfig::default()
+}
+
+/// The loop's settings.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoopArgs {
+    /// Most model blocks per solution (the paper: 32; the authors' public script: 16 calls).
+    #[arg(long, default_value_t = solve_defaults().max_blocks)]
+    pub max_blocks: usize,
+    /// Most new tokens per block.
+    #[arg(long, default_value_t = solve_defaults().max_new_tokens)]
+    pub max_new_tokens: u32,
+    /// Prompt tokens kept (from the end) by the server; 0 for no truncation.
+    #[arg(long, default_value_t = solve_defaults().truncate.unwrap_or(0))]
+    pub truncate: u32,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = solve_defaults().temperature)]
+    pub temperature: f32,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// The system prompt.
+    #[arg(long, default_value = mathcoder_lce::DEFAULT_SYSTEM_PROMPT)]
+    pub system_prompt: String,
+    /// Appended to each question (the authors' public script appended "\n").
+    #[arg(long, default_value = "")]
+    pub question_suffix: String,
+    /// Keep long decimals in generated blocks (the authors rounded them to 6 places).
+    #[arg(long)]
+    pub no_truncate_decimals: bool,
+}
+
+impl LoopArgs {
+    pub fn config(&self) -> SolveConfig {
+        SolveConfig {
+            template: PromptTemplate {
+                system: self.system_prompt.clone(),
+                question_suffix: self.question_suffix.clone(),
+            },
+            max_blocks: self.max_blocks,
+            max_new_tokens: self.max_new_tokens,
+            truncate: (self.truncate > 0).then_some(self.truncate),
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            truncate_decimals: !self.no_truncate_decimals,
+        }
+    }
+}
+
+/// The vendored data directory: `$MATHCODER_DATA`, `./data`, or the one next to the sources
+/// this binary was built from.
+pub fn data_dir() -> Option<PathBuf> {
+    if let Ok(d) = std::env::var("MATHCODER_DATA") {
+        return Some(PathBuf::from(d));
+    }
+    let local = PathBuf::from("data");
+    if local.join("released-outputs").is_dir() {
+        return Some(local);
+    }
+    let built = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data"));
+    built.join("released-outputs").is_dir().then_some(built)
+}

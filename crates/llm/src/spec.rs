@@ -1,0 +1,188 @@
+//! Which backend to use, as one value parsed from the command line (or a config) and turned into
+//! a [`Backend`] in one place.
+//!
+//! The HTTP backends are built here ([`BackendSpec::build_http`]); the native engine lives in
+//! `mathcoder-engine` (which depends on this crate), so its `backend(&BackendSpec)` builds every
+//! kind, delegating the HTTP ones to this module.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::http::HttpConfig;
+use crate::{openai::OpenAi, tgi::Tgi, Backend, BackendError};
+
+/// The served model name sent to OpenAI-compatible servers when none is given.
+pub const DEFAULT_OPENAI_MODEL: &str = "mathcoder";
+/// The endpoint used when none is given (TGI's and most servers' local default).
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8080";
+
+/// The kinds of backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum BackendKind {
+    /// text-generation-inference (`POST /generate`), as the authors deployed it.
+    #[default]
+    Tgi,
+    /// OpenAI-compatible completions (vLLM, SGLang, llama.cpp's llama-server, OpenAI).
+    Openai,
+    /// This program's own engine (needs a model path).
+    Native,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Tgi => "tgi",
+            BackendKind::Openai => "openai",
+            BackendKind::Native => "native",
+        }
+    }
+}
+
+/// Dtype of the native engine's dense weights on the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum NativeDtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+/// Options of the native engine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NativeSpec {
+    /// tokenizer.json to use instead of the checkpoint's (or a GGUF file's vocabulary).
+    pub tokenizer: Option<PathBuf>,
+    /// Compute dtype of dense weights (default: f32 on the CPU).
+    pub dtype: Option<NativeDtype>,
+    /// CPU threads for matrix multiplies (default: all cores).
+    pub threads: Option<usize>,
+    /// Most sequences decoded together.
+    pub max_batch: usize,
+    /// KV cache kept between rounds, in MiB.
+    pub kv_cache_mb: usize,
+}
+
+impl Default for NativeSpec {
+    fn default() -> Self {
+        NativeSpec {
+            tokenizer: None,
+            dtype: None,
+            threads: None,
+            max_batch: 32,
+            kv_cache_mb: 4096,
+        }
+    }
+}
+
+/// Everything needed to build a backend.
+#[derive(Clone, Debug)]
+pub struct BackendSpec {
+    pub kind: BackendKind,
+    /// The server's base URL (HTTP kinds).
+    pub endpoint: String,
+    /// OpenAI-compatible servers: the served model's name. Native: the checkpoint directory or
+    /// `.gguf` file.
+    pub model: Option<String>,
+    /// HTTP settings; `api_key` falls back to `$OPENAI_API_KEY` for the openai kind.
+    pub http: HttpConfig,
+    pub native: NativeSpec,
+}
+
+impl Default for BackendSpec {
+    fn default() -> Self {
+        BackendSpec {
+            kind: BackendKind::default(),
+            endpoint: DEFAULT_ENDPOINT.to_string(),
+            model: None,
+            http: HttpConfig::default(),
+            native: NativeSpec::default(),
+        }
+    }
+}
+
+impl BackendSpec {
+    /// An HTTP backend of `kind` at `endpoint` with default settings.
+    pub fn http(kind: BackendKind, endpoint: &str) -> BackendSpec {
+        BackendSpec {
+            kind,
+            endpoint: endpoint.to_string(),
+            ..BackendSpec::default()
+        }
+    }
+
+    /// Checks that the options fit the kind (e.g. TGI serves one model, native needs a path).
+    pub fn validate(&self) -> Result<(), BackendError> {
+        match (self.kind, &self.model) {
+            (BackendKind::Tgi, Some(_)) => Err(BackendError::Config(
+                "--model names an OpenAI-compatible server's model or the native engine's \
+                 checkpoint; TGI serves one model"
+                    .into(),
+            )),
+            (BackendKind::Native, None) => Err(BackendError::Config(
+                "the native backend needs --model DIR|FILE.gguf".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The native checkpoint path (for the native kind).
+    pub fn model_path(&self) -> Option<PathBuf> {
+        self.model.as_ref().map(PathBuf::from)
+    }
+
+    /// Builds a TGI or OpenAI-compatible client. The native kind is built by
+    /// `mathcoder_engine::backend`, which calls this for the others.
+    pub fn build_http(&self) -> Result<Arc<dyn Backend>, BackendError> {
+        self.validate()?;
+        let mut http = self.http.clone();
+        if self.kind == BackendKind::Openai && http.api_key.is_none() {
+            http.api_key = std::env::var("OPENAI_API_KEY").ok();
+        }
+        Ok(match self.kind {
+            BackendKind::Tgi => Arc::new(Tgi::new(&self.endpoint, http)?),
+            BackendKind::Openai => Arc::new(OpenAi::new(
+                &self.endpoint,
+                self.model.as_deref().unwrap_or(DEFAULT_OPENAI_MODEL),
+                http,
+            )?),
+            BackendKind::Native => {
+                return Err(BackendError::Config(
+                    "the native backend is built by the engine (mathcoder_engine::backend)".into(),
+                ))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation() {
+        let mut s = BackendSpec::default();
+        assert!(s.validate().is_ok());
+        s.model = Some("x".into());
+        assert!(s.validate().is_err());
+        s.kind = BackendKind::Native;
+        assert!(s.validate().is_ok());
+        s.model = None;
+        assert!(s.validate().unwrap_err().to_string().contains("--model"));
+        assert!(BackendSpec::http(BackendKind::Native, "x")
+            .build_http()
+            .is_err());
+    }
+
+    #[test]
+    fn builds_http_clients() {
+        let t = BackendSpec::http(BackendKind::Tgi, "http://127.0.0.1:9")
+            .build_http()
+            .unwrap();
+        assert!(t.describe().starts_with("tgi"), "{}", t.describe());
+        let o = BackendSpec::http(BackendKind::Openai, "http://127.0.0.1:9")
+            .build_http()
+            .unwrap();
+        assert!(o.describe().contains("mathcoder"), "{}", o.describe());
+    }
+}
