@@ -498,6 +498,7 @@ pub fn replay(a: ReplayArgs) -> Result<i32> {
         fault_every: a.fault_every,
         fault_limit: a.fault_limit,
         openai_strict: a.openai_strict,
+        ..ReplayConfig::default()
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
