@@ -30,6 +30,10 @@ pub struct ReplayArgs {
     /// Reject vLLM's extension fields with a 400, as OpenAI's API does.
     #[arg(long)]
     openai_strict: bool,
+    /// Imitate llama.cpp's llama-server started without `--special`: special tokens neither
+    /// rendered nor honoured as stops (OpenAI protocol).
+    #[arg(long)]
+    drops_special_tokens: bool,
 }
 
 pub fn replay(a: ReplayArgs) -> Result<i32> {
@@ -58,6 +62,8 @@ pub fn replay(a: ReplayArgs) -> Result<i32> {
         fault_every: a.fault_every,
         fault_limit: a.fault_limit,
         openai_strict: a.openai_strict,
+        drops_special_tokens: a.drops_special_tokens,
+        ..ReplayConfig::default()
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {

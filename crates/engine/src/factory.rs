@@ -14,12 +14,9 @@ use crate::{Engine, EngineError, LoadOptions};
 pub enum BuildError {
     #[error(transparent)]
     Backend(#[from] mathcoder_llm::BackendError),
-    #[error("loading {path}")]
-    Load {
-        path: String,
-        #[source]
-        source: EngineError,
-    },
+    /// The engine's error names the path.
+    #[error(transparent)]
+    Load(#[from] EngineError),
 }
 
 /// Loads the native engine a spec names (model path, tokenizer, dtype, threads). Returns the
@@ -44,12 +41,7 @@ pub fn load_native(spec: &BackendSpec) -> Result<(Engine, String), BuildError> {
         }),
         ..LoadOptions::default()
     };
-    let engine = crate::load(&path, spec.native.tokenizer.as_deref(), &opts).map_err(|source| {
-        BuildError::Load {
-            path: path.display().to_string(),
-            source,
-        }
-    })?;
+    let engine = crate::load(&path, spec.native.tokenizer.as_deref(), &opts)?;
     Ok((engine, short_name(&path)))
 }
 

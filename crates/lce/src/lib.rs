@@ -3,8 +3,9 @@
 //! A MathCoder solution interleaves natural-language reasoning (**L**), Python **C**ode and the
 //! real **E**xecution results of that code. This crate owns everything about how that is
 //! written down: the eight special tokens ([`tokens`]), the [`Block`] type, the prompt template
-//! ([`prompt`]), parsing raw model text into blocks ([`parse`]), and the authors' JSONL record
-//! formats ([`record`], [`pyjson`]).
+//! ([`prompt`]), which bytes of a rendered conversation the model writes ([`span`]), parsing
+//! raw model text into blocks ([`parse`]), and the authors' JSONL record formats ([`record`],
+//! [`pyjson`]).
 //!
 //! It depends on nothing else in the workspace and performs no I/O beyond reading record files.
 
@@ -14,6 +15,7 @@ pub mod prompt;
 pub mod pyjson;
 pub mod record;
 pub mod run;
+pub mod span;
 pub mod tokens;
 
 pub use block::{render_blocks, Block, BlockKind};
@@ -21,4 +23,5 @@ pub use parse::{parse_blocks, parse_round, ParseWarning, ParsedOutput};
 pub use prompt::{parse_conversation, Conversation, PromptTemplate, DEFAULT_SYSTEM_PROMPT};
 pub use record::{DebugEntry, GroundTruth, OutputRecord, RecordError, TestRecord};
 pub use run::{RunInfo, RunRecord, StopReason, StoredVerdict};
+pub use span::{Rendered, Span, SpanKind};
 pub use tokens::SpecialToken;

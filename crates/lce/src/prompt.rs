@@ -6,8 +6,9 @@
 //! followed by the assistant's blocks and, once the solution is finished, `<|endofmessage|>`.
 //! There are no newlines between tokens.
 
-use crate::block::{render_blocks, Block};
+use crate::block::Block;
 use crate::parse::{parse_blocks, ParsedOutput};
+use crate::span::{Rendered, Span, SpanKind};
 use crate::tokens::SpecialToken;
 
 /// The system prompt of the paper's evaluation (and of every released output file).
@@ -44,28 +45,62 @@ impl PromptTemplate {
 
     /// The prompt up to and including `<|assistant|>`.
     pub fn render(&self, question: &str) -> String {
-        let mut s = String::with_capacity(question.len() + self.system.len() + 128);
-        push_message(&mut s, SpecialToken::System, &self.system);
-        let mut q = String::with_capacity(question.len() + self.question_suffix.len());
-        q.push_str(question);
-        q.push_str(&self.question_suffix);
-        push_message(&mut s, SpecialToken::User, &q);
-        s.push_str(SpecialToken::Assistant.as_str());
-        s
+        self.render_with_spans(question, &[], false).text
     }
 
     /// The prompt followed by the assistant blocks written so far (what the model continues).
     pub fn render_partial(&self, question: &str, blocks: &[Block]) -> String {
-        let mut s = self.render(question);
-        s.push_str(&render_blocks(blocks));
-        s
+        self.render_with_spans(question, blocks, false).text
     }
 
     /// A whole finished conversation (the SFT training text).
     pub fn render_finished(&self, question: &str, blocks: &[Block]) -> String {
-        let mut s = self.render_partial(question, blocks);
+        self.render_with_spans(question, blocks, true).text
+    }
+
+    /// Renders the prompt, the assistant's `blocks` and, when `finished`, the closing
+    /// `<|endofmessage|>`, and says who writes each byte (see [`crate::span`]).
+    ///
+    /// This is the one definition of the template: [`PromptTemplate::render`],
+    /// [`PromptTemplate::render_partial`] and [`PromptTemplate::render_finished`] are its text.
+    pub fn render_with_spans(&self, question: &str, blocks: &[Block], finished: bool) -> Rendered {
+        let content: usize = blocks.iter().map(|b| b.content.len() + 24).sum();
+        let mut s = String::with_capacity(
+            question.len() + self.question_suffix.len() + self.system.len() + 128 + content,
+        );
+        push_message(&mut s, SpecialToken::System, &self.system);
+        s.push_str(SpecialToken::User.as_str());
+        s.push_str(SpecialToken::Text.as_str());
+        s.push_str(question);
+        s.push_str(&self.question_suffix);
+        s.push_str(SpecialToken::EndOfBlock.as_str());
         s.push_str(SpecialToken::EndOfMessage.as_str());
-        s
+        s.push_str(SpecialToken::Assistant.as_str());
+        let mut spans = Vec::with_capacity(blocks.len() + 2);
+        spans.push(Span {
+            range: 0..s.len(),
+            kind: SpanKind::Prompt,
+            block: None,
+        });
+        for (i, b) in blocks.iter().enumerate() {
+            let start = s.len();
+            b.render_into(&mut s);
+            spans.push(Span {
+                range: start..s.len(),
+                kind: SpanKind::of_block(b.kind),
+                block: Some(i),
+            });
+        }
+        if finished {
+            let start = s.len();
+            s.push_str(SpecialToken::EndOfMessage.as_str());
+            spans.push(Span {
+                range: start..s.len(),
+                kind: SpanKind::Model,
+                block: None,
+            });
+        }
+        Rendered { text: s, spans }
     }
 }
 

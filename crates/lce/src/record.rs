@@ -17,17 +17,19 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::block::{Block, BlockKind};
+use crate::prompt::{PromptTemplate, DEFAULT_SYSTEM_PROMPT};
+use crate::span::Rendered;
 
 /// Errors reading record files.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("{path}:{line}: not a valid record: {source}")]
+    #[error("{path}:{line}: not a valid record")]
     Json {
         path: PathBuf,
         line: usize,
@@ -194,6 +196,33 @@ impl OutputRecord {
     /// The id as text, if present.
     pub fn id_text(&self) -> Option<String> {
         self.id.as_ref().map(value_as_text)
+    }
+    /// The template this solution was generated with: the record's own system message
+    /// ([`DEFAULT_SYSTEM_PROMPT`] when it has none); the question is taken as stored, so no
+    /// suffix.
+    pub fn template(&self) -> PromptTemplate {
+        let system = self
+            .messages
+            .iter()
+            .find(|m| m.role == "system")
+            .map(Message::text)
+            .or_else(|| {
+                self.debug_result
+                    .iter()
+                    .find(|e| e.role == "system")
+                    .map(|e| e.content.clone())
+            })
+            .unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.to_string());
+        PromptTemplate {
+            system,
+            question_suffix: String::new(),
+        }
+    }
+    /// The whole finished conversation (the SFT text) with its spans: prompt, model-written
+    /// blocks and `<|endofmessage|>`, executions (see [`crate::span`]).
+    pub fn render_with_spans(&self) -> Rendered {
+        self.template()
+            .render_with_spans(&self.question(), &self.blocks(), true)
     }
 }
 

@@ -1,6 +1,7 @@
 //! JSON over HTTP with timeouts, bounded retries and a concurrency limit.
 
 use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
@@ -13,7 +14,8 @@ pub struct HttpConfig {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     /// Retries after the first attempt for transient failures (connection errors, timeouts,
-    /// 5xx, 429, malformed responses).
+    /// 5xx, 429, malformed responses). A connection refused before the endpoint has ever
+    /// answered is not retried (see [`BackendError::Unreachable`]).
     pub retries: u32,
     /// First backoff; doubled after each retry (with jitter), capped at 30 s.
     pub backoff: Duration,
@@ -36,11 +38,14 @@ impl Default for HttpConfig {
     }
 }
 
-/// A pooled HTTP client.
+/// A pooled HTTP client for one endpoint.
 pub struct HttpClient {
     client: reqwest::Client,
     config: HttpConfig,
     permits: Semaphore,
+    /// Set once the endpoint has sent any HTTP response (even an error status): from then on a
+    /// refused connection is a server that went away, and is retried.
+    answered: AtomicBool,
 }
 
 /// A successful response and how many retries it took.
@@ -61,11 +66,17 @@ impl HttpClient {
             client,
             permits: Semaphore::new(config.max_concurrency.max(1)),
             config,
+            answered: AtomicBool::new(false),
         })
     }
 
     pub fn config(&self) -> &HttpConfig {
         &self.config
+    }
+
+    /// Whether the endpoint has answered at least once.
+    pub fn has_answered(&self) -> bool {
+        self.answered.load(Ordering::Relaxed)
     }
 
     /// POSTs `body` to `url` and parses a JSON reply, retrying transient failures.
@@ -102,15 +113,16 @@ impl HttpClient {
         if let Some(k) = &self.config.api_key {
             req = req.bearer_auth(k);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| classify(url, &e, self.config.timeout))?;
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return Err(classify(url, e, self.config.timeout, !self.has_answered())),
+        };
+        self.answered.store(true, Ordering::Relaxed);
         let status = resp.status();
         let text = resp
             .text()
             .await
-            .map_err(|e| classify(url, &e, self.config.timeout))?;
+            .map_err(|e| classify(url, e, self.config.timeout, false))?;
         if status.is_success() {
             return serde_json::from_str(&text).map_err(|e| BackendError::Protocol {
                 url: url.to_string(),
@@ -134,29 +146,62 @@ impl HttpClient {
     }
 }
 
-fn classify(url: &str, e: &reqwest::Error, timeout: Duration) -> BackendError {
+/// Turns a transport error into a [`BackendError`]. `first_contact`: the endpoint has never
+/// answered, so a refused connection means nothing listens there.
+fn classify(url: &str, e: reqwest::Error, timeout: Duration, first_contact: bool) -> BackendError {
     if e.is_timeout() {
-        BackendError::Timeout {
+        return BackendError::Timeout {
             url: url.to_string(),
             seconds: timeout.as_secs_f64(),
-        }
-    } else if e.is_decode() || e.is_body() {
-        BackendError::Protocol {
-            url: url.to_string(),
-            message: e.to_string(),
-        }
-    } else {
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(e);
-        while let Some(s) = src {
-            msg = format!("{msg}: {s}");
-            src = s.source();
-        }
-        BackendError::Unreachable {
-            url: url.to_string(),
-            message: msg,
-        }
+        };
     }
+    let e = e.without_url();
+    if e.is_decode() || e.is_body() {
+        return BackendError::Protocol {
+            url: url.to_string(),
+            message: chain(&e),
+        };
+    }
+    if first_contact && refused(&e) {
+        return BackendError::Unreachable {
+            url: url.to_string(),
+            message: "connection refused".into(),
+            first_contact: true,
+        };
+    }
+    BackendError::Unreachable {
+        url: url.to_string(),
+        message: chain(&e),
+        first_contact: false,
+    }
+}
+
+/// Whether the connection was refused (somewhere in the error's causes).
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// An error and its causes as one line, each text once (some errors repeat their cause).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !msg.contains(&s) {
+            msg = format!("{msg}: {s}");
+        }
+        cur = c.source();
+    }
+    msg
 }
 
 fn backoff(base: Duration, attempt: u32) -> Duration {

@@ -17,6 +17,7 @@ pub mod tgi;
 pub use spec::{BackendKind, BackendSpec, NativeDtype, NativeSpec};
 
 use async_trait::async_trait;
+use mathcoder_lce::SpecialToken;
 use serde::{Deserialize, Serialize};
 
 /// One generation call.
@@ -41,7 +42,10 @@ impl GenerateRequest {
         GenerateRequest {
             prompt: prompt.into(),
             max_new_tokens: 512,
-            stop: vec!["<|endofmessage|>".into(), "<|endofblock|>".into()],
+            stop: vec![
+                SpecialToken::EndOfMessage.as_str().into(),
+                SpecialToken::EndOfBlock.as_str().into(),
+            ],
             temperature: 0.0,
             top_p: None,
             seed: None,
@@ -81,10 +85,21 @@ pub struct Generation {
 }
 
 /// Why a backend could not produce a generation.
+///
+/// Every variant's text is complete on its own (no `#[source]` chain): the causes a transport
+/// error had are flattened into `message` once.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum BackendError {
-    #[error("cannot reach {url}: {message}")]
-    Unreachable { url: String, message: String },
+    /// No connection. With `first_contact`, the endpoint refused the connection before it had
+    /// ever answered: nothing listens there, and retrying would only delay the error, so it is
+    /// reported at once with what to do. Later (a server that answered and then went away, or
+    /// a network hiccup) it is transient and retried.
+    #[error("cannot reach {url}: {message}{}", if *.first_contact { FIRST_CONTACT_HINT } else { "" })]
+    Unreachable {
+        url: String,
+        message: String,
+        first_contact: bool,
+    },
     #[error("request to {url} timed out after {seconds:.0} s")]
     Timeout { url: String, seconds: f64 },
     /// A 4xx: the request is wrong (or too long); retrying will not help.
@@ -104,6 +119,20 @@ pub enum BackendError {
     /// The response is not what the protocol says.
     #[error("{url} sent a response that is not valid for this protocol: {message}")]
     Protocol { url: String, message: String },
+    /// An OpenAI-compatible server renders no special tokens and so never stops at
+    /// `<|endofblock|>` (llama.cpp's `llama-server` without `--special`); see
+    /// [`openai::drops_special_tokens`] for exactly when this is reported.
+    #[error(
+        "{url} does not return special tokens (it ignored `skip_special_tokens: false`), so \
+         `<|endofblock|>` never stopped the generation: it ran on as one block until {until} \
+         and no code would ever run. llama.cpp: restart llama-server with `--special`; \
+         vLLM/SGLang: check that the served tokenizer has MathCoder's 8 added tokens"
+    )]
+    SpecialTokensDropped {
+        url: String,
+        /// Where the generation ended instead: `max_tokens` or `the end of the sequence`.
+        until: String,
+    },
     #[error("invalid backend configuration: {0}")]
     Config(String),
     /// A local engine could not serve the request (e.g. the prompt does not fit its context).
@@ -111,16 +140,21 @@ pub enum BackendError {
     Engine(String),
 }
 
+/// What to do when nothing listens at the endpoint.
+const FIRST_CONTACT_HINT: &str = " (nothing is listening there: start the model server, or \
+     wait until it answers, and point --endpoint at it; or run the model on this machine with \
+     --backend native --model PATH)";
+
 impl BackendError {
     /// Whether the failure may go away on retry.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            BackendError::Unreachable { .. }
-                | BackendError::Timeout { .. }
-                | BackendError::Server { .. }
-                | BackendError::Protocol { .. }
-        )
+        match self {
+            BackendError::Unreachable { first_contact, .. } => !first_contact,
+            BackendError::Timeout { .. }
+            | BackendError::Server { .. }
+            | BackendError::Protocol { .. } => true,
+            _ => false,
+        }
     }
 }
 

@@ -5,8 +5,14 @@
 //! asks (`skip_special_tokens: false`, `include_stop_str_in_output: true`), and when a server
 //! ignores that, the stop string is restored from `stop_reason` (or, without one, inferred), and
 //! a missing opening block token is inferred from the text.
+//!
+//! A server that ignores those fields *and* cannot stop at a special token it does not render
+//! (llama.cpp's `llama-server` without `--special`) is reported as
+//! [`BackendError::SpecialTokensDropped`] instead of being patched up: see
+//! [`drops_special_tokens`].
 
 use async_trait::async_trait;
+use mathcoder_lce::SpecialToken;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -14,7 +20,13 @@ use crate::http::{join, HttpClient, HttpConfig};
 use crate::tgi::check_url;
 use crate::{Backend, BackendError, FinishReason, GenerateRequest, Generation};
 
-const BLOCK_TOKENS: [&str; 3] = ["<|text|>", "<|code|>", "<|execution|>"];
+const BLOCK_TOKENS: [&str; 3] = [
+    SpecialToken::Text.as_str(),
+    SpecialToken::Code.as_str(),
+    SpecialToken::Execution.as_str(),
+];
+const END_OF_MESSAGE: &str = SpecialToken::EndOfMessage.as_str();
+const END_OF_BLOCK: &str = SpecialToken::EndOfBlock.as_str();
 
 pub struct OpenAi {
     url: String,
@@ -22,6 +34,9 @@ pub struct OpenAi {
     http: HttpClient,
     /// Set when the server rejected the vLLM extensions; they are then no longer sent.
     plain: AtomicBool,
+    /// Set once a response showed that the server stops at our stop strings (see
+    /// [`drops_special_tokens`]).
+    stops_seen: AtomicBool,
 }
 
 impl OpenAi {
@@ -39,6 +54,7 @@ impl OpenAi {
             model: model.to_string(),
             http: HttpClient::new(http)?,
             plain: AtomicBool::new(false),
+            stops_seen: AtomicBool::new(false),
         })
     }
 
@@ -109,13 +125,13 @@ pub fn parse_response(
         let restored = match named {
             Some(s) => s.to_string(),
             // Without a reason: an empty round is the end of the message, anything else a block.
-            None if text.trim().is_empty() && req.stop.iter().any(|s| s == "<|endofmessage|>") => {
-                "<|endofmessage|>".into()
+            None if text.trim().is_empty() && req.stop.iter().any(|s| s == END_OF_MESSAGE) => {
+                END_OF_MESSAGE.into()
             }
             None => req
                 .stop
                 .iter()
-                .find(|s| *s == "<|endofblock|>")
+                .find(|s| *s == END_OF_BLOCK)
                 .or(req.stop.first())
                 .cloned()
                 .unwrap_or_default(),
@@ -123,16 +139,16 @@ pub fn parse_response(
         text.push_str(&restored);
     }
     // The opening block token, when the server dropped special tokens.
-    let ends_message = text.trim() == "<|endofmessage|>";
+    let ends_message = text.trim() == END_OF_MESSAGE;
     if !ends_message
         && !text.is_empty()
         && !BLOCK_TOKENS.iter().any(|t| text.starts_with(t))
-        && req.stop.iter().any(|s| s == "<|endofblock|>")
+        && req.stop.iter().any(|s| s == END_OF_BLOCK)
     {
         let token = if looks_like_code(&text) {
-            "<|code|>"
+            SpecialToken::Code.as_str()
         } else {
-            "<|text|>"
+            SpecialToken::Text.as_str()
         };
         text.insert_str(0, token);
     }
@@ -145,6 +161,66 @@ pub fn parse_response(
         cached_prompt_tokens: None,
         recomputed_prompt_tokens: None,
     })
+}
+
+/// Whether a completion shows a server that drops MathCoder's special tokens although the
+/// request asked for them, and therefore never stopped at `<|endofblock|>`. Returns where the
+/// generation ended instead (`max_tokens` or `the end of the sequence`).
+///
+/// Only meaningful for a request sent **with** the extensions (`skip_special_tokens: false`,
+/// `include_stop_str_in_output: true`) that the server accepted. It is reported when all hold:
+///
+/// 1. the request is a MathCoder round that starts a block: `<|endofblock|>` is one of its stop
+///    strings and the prompt ends with `<|assistant|>` or `<|endofblock|>`. There the model's
+///    first token is always a special token (`<|text|>`, `<|code|>` or `<|endofmessage|>`), so
+///    a server that honours `skip_special_tokens: false` (vLLM, SGLang, llama-server with
+///    `--special`) returns text that starts with one. (A round that continues a block cut off
+///    by `max_tokens` starts with plain text and is never judged.)
+/// 2. the returned text is not blank and contains none of the eight special tokens: the server
+///    renders none, so `<|endofblock|>` cannot appear in its text, and a server that matches
+///    stop strings on its text (llama.cpp does) cannot stop there;
+/// 3. the generation did not end at a stop string: `finish_reason` is `length` (it ran to
+///    `max_tokens`), or `stop` with no `stop_reason` at all (llama.cpp reports none: that is the
+///    model's end of sequence after it wrote the rest of the solution as one stream; vLLM names
+///    the stop string or token that fired).
+///
+/// A legitimate length cut-off is therefore never reported on a server that renders special
+/// tokens (its text starts with the block's token), nor on one that strips them but says which
+/// stop fired. As a last guard the client remembers a server that has once stopped at one of our
+/// stop strings ([`stop_fired`]) and no longer reports this afterwards: a token-less `length`
+/// round from it is a long block cut off. Without the extensions (a server that rejected them,
+/// or [`OpenAi::with_extensions`]`(false)`) nothing is reported: token-less text is expected
+/// then, and the tokens are restored.
+pub fn drops_special_tokens(v: &Value, req: &GenerateRequest) -> Option<&'static str> {
+    let starts_block = req.prompt.ends_with(SpecialToken::Assistant.as_str())
+        || req.prompt.ends_with(END_OF_BLOCK);
+    if !starts_block || !req.stop.iter().any(|s| s == END_OF_BLOCK) {
+        return None;
+    }
+    let choice = v["choices"].get(0)?;
+    let text = choice["text"].as_str()?;
+    if text.trim().is_empty() || SpecialToken::ALL.iter().any(|t| text.contains(t.as_str())) {
+        return None;
+    }
+    match choice["finish_reason"].as_str()? {
+        "length" => Some("max_tokens"),
+        "stop" if choice["stop_reason"].is_null() => Some("the end of the sequence"),
+        _ => None,
+    }
+}
+
+/// Whether a completion stopped at one of the request's stop strings, by the server's own
+/// account (`stop_reason` names it) or in its text (the text ends with it).
+pub fn stop_fired(v: &Value, req: &GenerateRequest) -> bool {
+    let choice = &v["choices"][0];
+    if choice["finish_reason"].as_str() != Some("stop") {
+        return false;
+    }
+    let text = choice["text"].as_str().unwrap_or("");
+    req.stop
+        .iter()
+        .filter(|s| !s.is_empty())
+        .any(|s| choice["stop_reason"].as_str() == Some(s.as_str()) || text.ends_with(s.as_str()))
 }
 
 /// A fallback for servers that strip special tokens: is this block Python rather than prose?
@@ -189,7 +265,7 @@ pub fn looks_like_code(text: &str) -> bool {
 #[async_trait]
 impl Backend for OpenAi {
     async fn generate(&self, req: &GenerateRequest) -> Result<Generation, BackendError> {
-        let ext = !self.plain.load(Ordering::Relaxed);
+        let mut ext = !self.plain.load(Ordering::Relaxed);
         let r = match self
             .http
             .post_json(&self.url, &request_body(&self.model, req, ext))
@@ -205,12 +281,23 @@ impl Backend for OpenAi {
                     || body.contains("Unrecognized")) =>
             {
                 self.plain.store(true, Ordering::Relaxed);
+                ext = false;
                 self.http
                     .post_json(&self.url, &request_body(&self.model, req, false))
                     .await?
             }
             other => other?,
         };
+        if stop_fired(&r.body, req) {
+            self.stops_seen.store(true, Ordering::Relaxed);
+        } else if ext && !self.stops_seen.load(Ordering::Relaxed) {
+            if let Some(until) = drops_special_tokens(&r.body, req) {
+                return Err(BackendError::SpecialTokensDropped {
+                    url: self.url.clone(),
+                    until: until.to_string(),
+                });
+            }
+        }
         let mut g = parse_response(&self.url, &r.body, req)?;
         g.retries = r.retries;
         Ok(g)
@@ -260,6 +347,53 @@ mod tests {
             (g.text.as_str(), g.finish),
             ("<|text|>a", FinishReason::Length)
         );
+    }
+
+    #[test]
+    fn dropped_special_tokens_are_recognised_only_where_a_token_must_appear() {
+        let at_block = GenerateRequest::mathcoder("...<|assistant|>");
+        let cut = |text: &str, finish: &str| json!({"choices": [{"text": text, "finish_reason": finish}]});
+        // llama-server without --special: tokens dropped, the stop never fires.
+        assert_eq!(
+            drops_special_tokens(
+                &cut("Let's compute.\nx = 1\nx\n1\nSo 1.", "length"),
+                &at_block
+            ),
+            Some("max_tokens")
+        );
+        assert_eq!(
+            drops_special_tokens(&cut("Let's compute. So 1.", "stop"), &at_block),
+            Some("the end of the sequence")
+        );
+        // A server that renders special tokens: a length cut-off starts with the block token.
+        assert_eq!(
+            drops_special_tokens(&cut("<|text|>a long block", "length"), &at_block),
+            None
+        );
+        // A server that strips tokens but names the stop that fired (vLLM).
+        let v = json!({"choices": [{"text": "x = 1", "finish_reason": "stop", "stop_reason": "<|endofblock|>"}]});
+        assert_eq!(drops_special_tokens(&v, &at_block), None);
+        assert!(stop_fired(&v, &at_block));
+        let v =
+            json!({"choices": [{"text": "x = 1", "finish_reason": "stop", "stop_reason": 32007}]});
+        assert_eq!(drops_special_tokens(&v, &at_block), None);
+        // An empty round (the end of the message, stripped).
+        assert_eq!(drops_special_tokens(&cut("", "stop"), &at_block), None);
+        // A round that continues a block cut off by max_tokens starts with plain text.
+        let mid_block = GenerateRequest::mathcoder("...<|assistant|><|text|>The answer");
+        assert_eq!(
+            drops_special_tokens(&cut(" is long", "length"), &mid_block),
+            None
+        );
+        // Not a MathCoder round.
+        let mut other = at_block.clone();
+        other.stop = vec!["\n\n".into()];
+        assert_eq!(drops_special_tokens(&cut("text", "length"), &other), None);
+        assert!(!stop_fired(&cut("text", "length"), &at_block));
+        assert!(stop_fired(
+            &cut("<|code|>x<|endofblock|>", "stop"),
+            &at_block
+        ));
     }
 
     #[test]

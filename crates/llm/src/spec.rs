@@ -131,6 +131,43 @@ impl BackendSpec {
         self.model.as_ref().map(PathBuf::from)
     }
 
+    /// For the HTTP kinds: whether anything listens at the endpoint, by a plain TCP connection
+    /// (well under a second), so that a command can say at once that no server is running
+    /// before it prepares anything else (the options are validated first). Only a refused connection is an error (the same
+    /// first-contact [`BackendError::Unreachable`] the clients give); anything else (a slow
+    /// network, a name that does not resolve here) is left to the clients and their retries.
+    pub fn check_listening(&self) -> Result<(), BackendError> {
+        self.validate()?;
+        if self.kind == BackendKind::Native {
+            return Ok(());
+        }
+        let Ok(url) = reqwest::Url::parse(&self.endpoint) else {
+            return Ok(());
+        };
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return Ok(());
+        };
+        let Ok(addrs) = std::net::ToSocketAddrs::to_socket_addrs(&(host, port)) else {
+            return Ok(());
+        };
+        let mut refused = None;
+        for addr in addrs {
+            match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1)) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused = Some(e),
+                Err(_) => return Ok(()),
+            }
+        }
+        match refused {
+            Some(e) => Err(BackendError::Unreachable {
+                url: self.endpoint.clone(),
+                message: e.to_string(),
+                first_contact: true,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Builds a TGI or OpenAI-compatible client. The native kind is built by
     /// `mathcoder_engine::backend`, which calls this for the others.
     pub fn build_http(&self) -> Result<Arc<dyn Backend>, BackendError> {
@@ -172,6 +209,27 @@ mod tests {
         assert!(BackendSpec::http(BackendKind::Native, "x")
             .build_http()
             .is_err());
+    }
+
+    #[test]
+    fn a_closed_port_is_reported_at_once() {
+        // Bind then drop a listener: nothing listens on that port afterwards.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let spec = BackendSpec::http(BackendKind::Tgi, &format!("http://127.0.0.1:{port}"));
+        let t = std::time::Instant::now();
+        let e = spec.check_listening().unwrap_err();
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        assert!(e.to_string().contains("--backend native"), "{e}");
+        let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let spec = BackendSpec::http(
+            BackendKind::Openai,
+            &format!("http://{}", open.local_addr().unwrap()),
+        );
+        assert!(spec.check_listening().is_ok());
     }
 
     #[test]

@@ -273,3 +273,199 @@ async fn the_concurrency_limit_holds() {
     }
     assert!(t.elapsed() >= Duration::from_millis(5) * per * 4);
 }
+
+/// A free port on 127.0.0.1 (bound, then released).
+fn closed_port_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    drop(l);
+    url
+}
+
+#[tokio::test]
+async fn a_refused_first_contact_fails_at_once_and_says_what_to_do() {
+    // The CLI's defaults: 4 retries from 500 ms, which used to take 7-9 s here.
+    let url = closed_port_url();
+    for openai in [false, true] {
+        let b: Box<dyn Backend> = if openai {
+            Box::new(OpenAi::new(&url, "m", HttpConfig::default()).unwrap())
+        } else {
+            Box::new(Tgi::new(&url, HttpConfig::default()).unwrap())
+        };
+        let t = Instant::now();
+        let e = b
+            .generate(&GenerateRequest::mathcoder("x"))
+            .await
+            .unwrap_err();
+        let took = t.elapsed();
+        assert!(took < Duration::from_secs(1), "openai={openai}: {took:?}");
+        assert!(
+            matches!(
+                e,
+                BackendError::Unreachable {
+                    first_contact: true,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(!e.is_transient());
+        let m = e.to_string();
+        assert!(m.contains("connection refused"), "{m}");
+        assert!(m.contains("nothing is listening"), "{m}");
+        assert!(m.contains("--backend native --model PATH"), "{m}");
+        // Said once: no transport error text repeated after it.
+        assert_eq!(m.matches(&url).count(), 1, "{m}");
+    }
+}
+
+/// Serves exactly one HTTP request on `listener` with a TGI reply, then closes the connection
+/// and the listener.
+async fn answer_once(listener: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut sock, _) = listener.accept().await.unwrap();
+    drop(listener);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = sock.read(&mut chunk).await.unwrap();
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(h) = text.find("\r\n\r\n") {
+            let len = text[..h]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= h + 4 + len {
+                break;
+            }
+        }
+        assert!(n > 0, "request cut short");
+    }
+    let body = r#"{"generated_text": "4", "details": {"finish_reason": "stop_sequence", "generated_tokens": 2, "tokens": [{"id": 32004, "text": "<|text|>", "special": true}, {"id": 1, "text": "4", "special": false}, {"id": 32007, "text": "<|endofblock|>", "special": true}]}}"#;
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(reply.as_bytes()).await.unwrap();
+    sock.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_that_answered_and_went_away_is_retried() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(answer_once(listener));
+    let b = Tgi::new(
+        &format!("http://{addr}"),
+        HttpConfig {
+            retries: 4,
+            backoff: Duration::from_millis(100),
+            ..HttpConfig::default()
+        },
+    )
+    .unwrap();
+    let g = b.generate(&GenerateRequest::mathcoder("x")).await.unwrap();
+    assert_eq!((g.text.as_str(), g.retries), ("<|text|>4<|endofblock|>", 0));
+    // The server is gone: connections are refused until it is back, 250 ms later.
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        answer_once(tokio::net::TcpListener::bind(addr).await.unwrap()).await;
+    });
+    let g = b.generate(&GenerateRequest::mathcoder("x")).await.unwrap();
+    assert!(g.retries >= 1, "{}", g.retries);
+    // Gone for good: the refusals are transient failures, retried, then reported.
+    let e = b
+        .generate(&GenerateRequest::mathcoder("x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            BackendError::Unreachable {
+                first_contact: false,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.is_transient());
+    assert!(!e.to_string().contains("nothing is listening"), "{e}");
+}
+
+fn llama_server_without_special() -> ReplayConfig {
+    ReplayConfig {
+        drops_special_tokens: true,
+        ..ReplayConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn openai_reports_a_server_that_drops_special_tokens() {
+    let s = server(llama_server_without_special()).await;
+    let b = OpenAi::new(&s.url(), "m", http(5000)).unwrap();
+    // The whole solution fits in 512 tokens: the model's end of sequence ends it.
+    let prompt = PromptTemplate::mathcoder().render(QUESTION);
+    let e = b
+        .generate(&GenerateRequest::mathcoder(prompt.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, BackendError::SpecialTokensDropped { until, .. } if until == "the end of the sequence"),
+        "{e:?}"
+    );
+    assert!(!e.is_transient());
+    let m = e.to_string();
+    assert!(m.contains("llama-server with `--special`"), "{m}");
+    assert!(m.contains("skip_special_tokens"), "{m}");
+    // A longer solution runs into max_tokens.
+    let mut req = GenerateRequest::mathcoder(prompt);
+    req.max_new_tokens = 8;
+    let e = b.generate(&req).await.unwrap_err();
+    assert!(
+        matches!(&e, BackendError::SpecialTokensDropped { until, .. } if until == "max_tokens"),
+        "{e:?}"
+    );
+    // Later rounds too (the prompt ends with a block).
+    let so_far = &solution()[..3];
+    let e = b
+        .generate(&GenerateRequest::mathcoder(
+            PromptTemplate::mathcoder().render_partial(QUESTION, so_far),
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, BackendError::SpecialTokensDropped { .. }),
+        "{e:?}"
+    );
+    assert_eq!(s.requests(), 3, "not retried");
+}
+
+#[tokio::test]
+async fn legitimate_length_cut_offs_are_not_mistaken_for_dropped_tokens() {
+    let s = server(ReplayConfig::default()).await;
+    let mut req = GenerateRequest::mathcoder(PromptTemplate::mathcoder().render(QUESTION));
+    req.max_new_tokens = 3;
+    // A server that honours `skip_special_tokens: false`: the cut block keeps its token.
+    let b = OpenAi::new(&s.url(), "m", http(5000)).unwrap();
+    let g = b.generate(&req).await.unwrap();
+    assert_eq!(g.finish, FinishReason::Length);
+    assert!(g.text.starts_with("<|text|>Compute"), "{}", g.text);
+    // Without the extensions token-less text is expected, and restored.
+    let b = OpenAi::new(&s.url(), "m", http(5000))
+        .unwrap()
+        .with_extensions(false);
+    let g = b.generate(&req).await.unwrap();
+    assert_eq!(g.finish, FinishReason::Length);
+    assert!(g.text.starts_with("<|text|>Compute"), "{}", g.text);
+    // The next round continues the cut block in plain text: not judged.
+    let s2 = server(llama_server_without_special()).await;
+    let b = OpenAi::new(&s2.url(), "m", http(5000)).unwrap();
+    let mut cont = req.clone();
+    cont.prompt.push_str("<|text|>Compute");
+    assert!(b.generate(&cont).await.is_ok());
+}

@@ -7,7 +7,9 @@
 //! removes special tokens and the matched stop string from `text` unless asked not to
 //! (`skip_special_tokens: false`, `include_stop_str_in_output: true`). Optional per-token
 //! latency, a slot limit (concurrent generations) and injected faults make it a test and
-//! benchmark target.
+//! benchmark target. [`ReplayConfig::drops_special_tokens`] imitates a misconfigured server
+//! instead: llama.cpp's `llama-server` without `--special`, which renders no special tokens and
+//! so never stops at `<|endofblock|>`.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -28,9 +30,9 @@ use tokio::sync::Semaphore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("{0}")]
+    #[error(transparent)]
     Record(#[from] mathcoder_lce::RecordError),
-    #[error("cannot serve on {addr}: {source}")]
+    #[error("cannot serve on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -92,9 +94,9 @@ impl Recordings {
         self.blocks.is_empty()
     }
 
-    /// The next block for a prompt: the recorded block after those the prompt already holds, or
-    /// `<|endofmessage|>`; `None` when the question is unknown.
-    pub fn next_block(&self, prompt: &str) -> Option<String> {
+    /// The recorded model blocks of a prompt's question and how many of them the prompt
+    /// already holds; `None` when the prompt is not in the template or the question is unknown.
+    fn progress(&self, prompt: &str) -> Option<(&[String], usize)> {
         let c = parse_conversation(prompt)?;
         let recorded = self
             .blocks
@@ -112,12 +114,29 @@ impl Recordings {
             .iter()
             .filter(|b| b.kind != BlockKind::Execution)
             .count();
+        Some((recorded, done))
+    }
+
+    /// The next block for a prompt: the recorded block after those the prompt already holds, or
+    /// `<|endofmessage|>`; `None` when the question is unknown.
+    pub fn next_block(&self, prompt: &str) -> Option<String> {
+        let (recorded, done) = self.progress(prompt)?;
         Some(
             recorded
                 .get(done)
                 .cloned()
                 .unwrap_or_else(|| SpecialToken::EndOfMessage.as_str().to_string()),
         )
+    }
+
+    /// What a model writes from a prompt on when nothing stops it at `<|endofblock|>`: every
+    /// recorded block after those the prompt holds, then `<|endofmessage|>` (executions are not
+    /// recorded, so none are made up); `None` when the question is unknown.
+    pub fn rest_of_solution(&self, prompt: &str) -> Option<String> {
+        let (recorded, done) = self.progress(prompt)?;
+        let mut s: String = recorded.iter().skip(done).map(String::as_str).collect();
+        s.push_str(SpecialToken::EndOfMessage.as_str());
+        Some(s)
     }
 }
 
@@ -150,6 +169,13 @@ pub struct ReplayConfig {
     /// Behave like OpenAI's own API: reject the vLLM extensions (`skip_special_tokens`, ...) with
     /// a 400.
     pub openai_strict: bool,
+    /// On `/v1/completions`, behave like llama.cpp's `llama-server` started without `--special`:
+    /// accept and ignore `skip_special_tokens` / `include_stop_str_in_output`, render no
+    /// special tokens, and (since stop strings are matched on the rendered text) never stop at
+    /// `<|endofblock|>` or `<|endofmessage|>`: the reply is the rest of the recorded solution
+    /// without its tokens, cut at `max_tokens` (`finish_reason: length`) or ending at the end of
+    /// the sequence (`stop`), with no `stop_reason`.
+    pub drops_special_tokens: bool,
 }
 
 struct Shared {
@@ -282,11 +308,21 @@ struct Answer {
     tokens: usize,
 }
 
-async fn answer(shared: &Shared, prompt: &str, max_new_tokens: usize) -> Result<Answer, Response> {
+/// The reply to a prompt; `openai`: for `/v1/completions` (where
+/// [`ReplayConfig::drops_special_tokens`] applies).
+async fn answer(
+    shared: &Shared,
+    prompt: &str,
+    max_new_tokens: usize,
+    openai: bool,
+) -> Result<Answer, Response> {
+    if openai && shared.config.drops_special_tokens {
+        return run_on(shared, prompt, max_new_tokens).await;
+    }
     let block = shared
         .recordings
         .next_block(prompt)
-        .ok_or_else(|| (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"error": "prompt not in the MathCoder template, or question not recorded", "error_type": "validation"}))).into_response())?;
+        .ok_or_else(not_recorded)?;
     let mut tokens = token_count(&block);
     let mut text = block;
     let mut finish_length = false;
@@ -301,6 +337,47 @@ async fn answer(shared: &Shared, prompt: &str, max_new_tokens: usize) -> Result<
             cut -= 1;
         }
         text = format!("{}{}", open.unwrap_or(""), &content[..cut]);
+        tokens = max_new_tokens;
+        finish_length = true;
+    }
+    let _permit = match &shared.slots {
+        Some(s) => Some(s.acquire().await.expect("semaphore open")),
+        None => None,
+    };
+    if !shared.config.per_token_latency.is_zero() {
+        tokio::time::sleep(shared.config.per_token_latency * tokens as u32).await;
+    }
+    Ok(Answer {
+        text,
+        finish_length,
+        tokens,
+    })
+}
+
+fn not_recorded() -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(json!({"error": "prompt not in the MathCoder template, or question not recorded", "error_type": "validation"})),
+    )
+        .into_response()
+}
+
+/// [`ReplayConfig::drops_special_tokens`]: the rest of the solution with no special tokens, cut
+/// at `max_new_tokens` (the text is already without tokens: no stop can fire on it).
+async fn run_on(shared: &Shared, prompt: &str, max_new_tokens: usize) -> Result<Answer, Response> {
+    let rest = shared
+        .recordings
+        .rest_of_solution(prompt)
+        .ok_or_else(not_recorded)?;
+    let mut tokens = token_count(&rest);
+    let mut text = strip_specials(&rest);
+    let mut finish_length = false;
+    if tokens > max_new_tokens {
+        let mut cut = max_new_tokens.saturating_mul(4).min(text.len());
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
         tokens = max_new_tokens;
         finish_length = true;
     }
@@ -374,7 +451,7 @@ async fn tgi_generate(State(shared): State<Arc<Shared>>, Json(req): Json<Value>)
     };
     let p = &req["parameters"];
     let max_new = p["max_new_tokens"].as_u64().unwrap_or(20) as usize;
-    let a = match answer(&shared, prompt, max_new).await {
+    let a = match answer(&shared, prompt, max_new, false).await {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -434,7 +511,7 @@ async fn openai_completions(State(shared): State<Arc<Shared>>, Json(req): Json<V
         }
     }
     let max_new = req["max_tokens"].as_u64().unwrap_or(16) as usize;
-    let a = match answer(&shared, prompt, max_new).await {
+    let a = match answer(&shared, prompt, max_new, true).await {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -459,6 +536,17 @@ async fn openai_completions(State(shared): State<Arc<Shared>>, Json(req): Json<V
         text = strip_specials(&text);
     }
     let finish = if a.finish_length { "length" } else { "stop" };
+    if shared.config.drops_special_tokens {
+        // llama.cpp's OpenAI-compatible reply: no `stop_reason`.
+        return Json(json!({
+            "id": "cmpl-replay",
+            "object": "text_completion",
+            "model": req["model"],
+            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": null}],
+            "usage": {"prompt_tokens": token_count(prompt), "completion_tokens": a.tokens, "total_tokens": token_count(prompt) + a.tokens}
+        }))
+        .into_response();
+    }
     Json(json!({
         "id": "cmpl-replay",
         "object": "text_completion",

@@ -2,10 +2,10 @@
 //! `mathcoder setup` does; needs network access to PyPI the first time).
 
 use async_trait::async_trait;
-use mathcoder_lce::{BlockKind, PromptTemplate};
+use mathcoder_lce::{BlockKind, PromptTemplate, SpanKind};
 use mathcoder_llm::{Backend, BackendError, FinishReason, GenerateRequest, Generation};
 use mathcoder_sandbox::{EnvSpec, ExecutionKind, Limits, Sandbox, SandboxConfig};
-use mathcoder_solve::{solve, SolveConfig, StopReason};
+use mathcoder_solve::{solve, Outcome, SolveConfig, StopReason};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -213,4 +213,80 @@ async fn a_token_limited_block_goes_on_in_the_next_round_as_the_authors_did() {
         .prompt
         .ends_with("<|assistant|><|text|>The answer is 1/3.<|endofblock|>"));
     assert_eq!(o.rounds[0].finish, Some(FinishReason::Length));
+}
+
+/// Lays the loop's prompts and the model's replies over the spans of the rendered solution: the
+/// first prompt is the prompt span, every later prompt is the text up to the start of a model
+/// span, every reply is exactly a run of model spans, and what the loop adds between two rounds
+/// is exactly execution spans.
+fn assert_spans_are_what_the_loop_sent(prompts: &[GenerateRequest], replies: &[&str], o: &Outcome) {
+    let r = PromptTemplate::mathcoder().render_with_spans(Q, &o.blocks, true);
+    assert_eq!(prompts.len(), replies.len());
+    assert_eq!(r.prompt(), prompts[0].prompt);
+    // The whole text is the last prompt plus the last generation.
+    assert_eq!(
+        r.text,
+        format!(
+            "{}{}",
+            prompts[prompts.len() - 1].prompt,
+            replies[replies.len() - 1]
+        )
+    );
+    let mut pos = r.spans[0].range.end;
+    for (p, reply) in prompts.iter().zip(replies) {
+        assert_eq!(p.prompt, r.text[..pos]);
+        let end = pos + reply.len();
+        assert_eq!(&r.text[pos..end], *reply);
+        let covered: Vec<_> = r
+            .spans
+            .iter()
+            .filter(|s| s.range.start >= pos && s.range.end <= end)
+            .collect();
+        assert!(!covered.is_empty());
+        assert_eq!(covered[0].range.start, pos, "a reply starts a model span");
+        assert_eq!(
+            covered[covered.len() - 1].range.end,
+            end,
+            "a reply ends a model span"
+        );
+        assert!(covered.iter().all(|s| s.kind == SpanKind::Model), "{reply}");
+        pos = end;
+        while let Some(s) = r
+            .spans
+            .iter()
+            .find(|s| s.range.start == pos && s.kind == SpanKind::Execution)
+        {
+            pos = s.range.end;
+        }
+    }
+    assert_eq!(pos, r.text.len());
+    // The training targets are exactly the generations.
+    let targets: String = r.target_ranges().into_iter().map(|g| &r.text[g]).collect();
+    assert_eq!(targets, replies.concat());
+}
+
+#[tokio::test]
+async fn spans_are_byte_for_byte_what_the_loop_sends_and_the_model_writes() {
+    let replies = [
+        "<|text|>Divide.<|endofblock|>",
+        "<|code|>x = 1/3\nprint(round(x, 4))<|endofblock|>",
+        "<|code|>y = 2<|endofblock|>",
+        "<|text|>The answer is $\\boxed{0.3333}$.<|endofblock|>",
+        "<|endofmessage|>",
+    ];
+    let b = Script::new(&replies);
+    let o = solve(Q, &b, &sandbox(), &SolveConfig::default(), &mut ()).await;
+    assert_eq!(o.stop, StopReason::EndOfMessage);
+    assert_eq!(o.blocks[2].content, "0.3333");
+    assert_spans_are_what_the_loop_sent(&b.prompts(), &replies, &o);
+
+    // The message ends in the same round as the last block.
+    let replies = [
+        "<|code|>print(5)<|endofblock|>",
+        "<|text|>$\\boxed{5}$<|endofblock|><|endofmessage|>",
+    ];
+    let b = Script::new(&replies);
+    let o = solve(Q, &b, &sandbox(), &SolveConfig::default(), &mut ()).await;
+    assert_eq!(o.stop, StopReason::EndOfMessage);
+    assert_spans_are_what_the_loop_sent(&b.prompts(), &replies, &o);
 }

@@ -26,8 +26,13 @@ pub struct Args {
 
 /// Exit status 0 when the answer is correct, 1 when it is not.
 pub fn run(a: Args) -> Result<i32> {
-    let d = Dataset::from_name(&a.dataset)
-        .with_context(|| format!("unknown dataset {:?}", a.dataset))?;
+    let d = Dataset::from_name(&a.dataset).with_context(|| {
+        format!(
+            "unknown dataset {:?}; one of: {}",
+            a.dataset,
+            Dataset::ALL.map(|d| d.name()).join(", ")
+        )
+    })?;
     let v = Grader::new(a.grading.options()).grade(d, &a.gold, &a.answer, a.question.as_deref());
     let mut out = std::io::stdout().lock();
     match a.format {

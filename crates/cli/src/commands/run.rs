@@ -64,6 +64,8 @@ pub fn solve(a: SolveArgs) -> Result<i32> {
         (Some(_), Some(_)) => bail!("give the question or --file, not both"),
         (None, None) => bail!("give a question, or --file PATH"),
     };
+    // Say at once when no server is running, before the sandbox is prepared.
+    a.backend.spec(1).check_listening()?;
     let backend = a.backend.build(1)?;
     let sandbox = a.sandbox.sandbox()?;
     let config = a.looping.config();
@@ -158,6 +160,8 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
     if problems.is_empty() {
         bail!("no problems to run");
     }
+    // Nothing listening at the start: say so at once, rather than failing every problem.
+    a.backend.spec(a.concurrency).check_listening()?;
     let backend = a.backend.build(a.concurrency)?;
     let sandbox = a.sandbox.sandbox()?;
     let grader = Arc::new(Grader::new(a.grading.options()));
