@@ -148,6 +148,49 @@ fn every_weight_gets_a_gradient() {
         assert_all_grads(&m, &vars, &ids, Some(&packed));
         eprintln!("{name}: all {n} weight tensors have non-zero gradients (plain and packed)");
     }
+    // The gradients are the loss's derivative: along the gradient direction G, the central
+    // difference (L(θ + hG) - L(θ - hG)) / 2h equals |G|².
+    let (m, vars) = load("gqa-sharded");
+    let ids = Tensor::new(&[[1u32, 5, 17, 42, 99, 7, 250, 3, 8, 8, 64, 2]], &dev).unwrap();
+    let segments = [vec![0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1]];
+    let (pos, mask) = (
+        packed_positions(&segments, &dev).unwrap(),
+        packed_mask(&segments, &dev).unwrap(),
+    );
+    let l = |m: &Llama| loss(&m.forward(&ids, Some(&pos), Some(&mask)).unwrap(), &ids);
+    let grads = l(&m).backward().unwrap();
+    let all: Vec<(candle_core::Var, Tensor, Tensor)> = vars
+        .all_vars()
+        .into_iter()
+        .map(|v| {
+            let g = grads.get(v.as_tensor()).unwrap().clone();
+            let t = v.as_tensor().copy().unwrap();
+            (v, t, g)
+        })
+        .collect();
+    let norm2: f64 = all
+        .iter()
+        .map(|(_, _, g)| {
+            g.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        })
+        .sum();
+    let h = 1e-3 / norm2.sqrt();
+    let at = |sign: f64| -> f64 {
+        for (v, t, g) in &all {
+            v.set(&(t + (g * (sign * h)).unwrap()).unwrap()).unwrap();
+        }
+        l(&m).to_scalar::<f32>().unwrap() as f64
+    };
+    let fd = (at(1.0) - at(-1.0)) / (2.0 * h);
+    let rel = (fd - norm2).abs() / norm2;
+    eprintln!("gqa-sharded: directional derivative {fd:.6} vs |G|² {norm2:.6} (rel {rel:.1e})");
+    assert!(rel < 2e-3, "{fd} vs {norm2}");
+
     // A freshly initialised model (a trainer's starting point), GQA with a tied head.
     let cfg = ModelConfig::from_hf_json(
         r#"{"vocab_size":50,"hidden_size":32,"intermediate_size":48,"num_hidden_layers":2,
