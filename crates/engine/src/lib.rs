@@ -2,7 +2,9 @@
 //!
 //! * [`load`]: a Hugging Face checkpoint directory as published (`config.json`, single or
 //!   sharded safetensors, or PyTorch `.bin` shards; f32, bf16 or f16) or a GGUF file as
-//!   llama.cpp writes it (quantized matrices stay quantized).
+//!   llama.cpp writes it (quantized matrices stay quantized), read through
+//!   `mathcoder-model`'s checkpoint reader, which also owns the config, the tensor names and the
+//!   tokenizers (re-exported here as [`config`], [`tokenizer`] and [`spm`]).
 //! * [`model::Model`]: Llama-2 / CodeLlama (RoPE theta, grouped-query attention, tied or untied
 //!   embeddings), whose forward pass stacks the rows of many sequences into one matrix multiply.
 //! * [`engine`]: sessions with a persistent KV cache (append tokens that did not come from the
@@ -15,7 +17,6 @@
 //! CPU by default; the `cuda` feature builds candle's CUDA backend (never in CI).
 
 pub mod cache;
-pub mod config;
 pub mod engine;
 pub mod factory;
 mod gemv;
@@ -24,9 +25,8 @@ pub mod model;
 pub mod native;
 mod qmatmul;
 pub mod sampling;
-pub mod spm;
-mod st;
-pub mod tokenizer;
+
+pub use mathcoder_model::{config, spm, tokenizer, ModelError};
 
 pub use config::ModelConfig;
 pub use engine::{Engine, Finish, GenOutput, GenParams, Job, Session};
@@ -54,6 +54,18 @@ pub enum EngineError {
     Stopped,
 }
 
+impl From<ModelError> for EngineError {
+    fn from(e: ModelError) -> EngineError {
+        match e {
+            ModelError::Config(m) => EngineError::Config(m),
+            ModelError::Load(m) => EngineError::Load(m),
+            ModelError::Tokenizer(m) => EngineError::Tokenizer(m),
+            ModelError::Input(m) => EngineError::Input(m),
+            ModelError::Compute(e) => EngineError::Compute(e),
+        }
+    }
+}
+
 /// Loads a model and its tokenizer from a checkpoint directory or a GGUF file. A GGUF file's
 /// tokenizer comes from `tokenizer` if given, else a `tokenizer.json` beside it, else its own
 /// metadata.
@@ -62,7 +74,7 @@ pub fn load(
     tokenizer: Option<&std::path::Path>,
     opts: &LoadOptions,
 ) -> Result<Engine, EngineError> {
-    if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+    if mathcoder_model::checkpoint::is_gguf(path) {
         let (model, info) = load::load_gguf(path, opts)?;
         let beside = path.with_file_name("tokenizer.json");
         let tok = match tokenizer {

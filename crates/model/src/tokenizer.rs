@@ -16,7 +16,7 @@ use tokenizers::{AddedToken, Tokenizer};
 
 use crate::spm::Spm;
 
-use crate::EngineError;
+use crate::ModelError;
 
 enum Inner {
     /// A Hugging Face `tokenizer.json`.
@@ -33,8 +33,8 @@ pub struct Tok {
     pub eos: Option<u32>,
 }
 
-fn terr(what: &str) -> impl FnOnce(tokenizers::Error) -> EngineError + '_ {
-    move |e| EngineError::Tokenizer(format!("{what}: {e}"))
+fn terr(what: &str) -> impl FnOnce(tokenizers::Error) -> ModelError + '_ {
+    move |e| ModelError::Tokenizer(format!("{what}: {e}"))
 }
 
 /// Added tokens named by the side files of a Hugging Face checkpoint.
@@ -80,7 +80,7 @@ fn side_file_tokens(dir: &Path) -> Vec<String> {
 
 impl Tok {
     /// Loads `dir/tokenizer.json` (or a `tokenizer.json` path).
-    pub fn from_path(path: &Path) -> Result<Tok, EngineError> {
+    pub fn from_path(path: &Path) -> Result<Tok, ModelError> {
         let (file, dir) = if path.is_dir() {
             (path.join("tokenizer.json"), path.to_path_buf())
         } else {
@@ -90,13 +90,13 @@ impl Tok {
             )
         };
         if !file.exists() {
-            return Err(EngineError::Tokenizer(format!(
+            return Err(ModelError::Tokenizer(format!(
                 "{} not found (a tokenizer.json is needed)",
                 file.display()
             )));
         }
         let mut inner = Tokenizer::from_file(&file)
-            .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", file.display())))?;
+            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", file.display())))?;
         let missing: Vec<AddedToken> = side_file_tokens(&dir)
             .into_iter()
             .filter(|t| inner.token_to_id(t).is_none())
@@ -125,19 +125,19 @@ impl Tok {
 
     /// The vocabulary embedded in a GGUF file (`tokenizer.ggml.model == "llama"`), tokenised as
     /// llama.cpp does.
-    pub fn from_gguf(ct: &gguf_file::Content) -> Result<Tok, EngineError> {
+    pub fn from_gguf(ct: &gguf_file::Content) -> Result<Tok, ModelError> {
         let get = |k: &str| ct.metadata.get(k);
         let model = get("tokenizer.ggml.model")
             .and_then(|v| v.to_string().ok().cloned())
             .unwrap_or_default();
         if model != "llama" {
-            return Err(EngineError::Tokenizer(format!(
+            return Err(ModelError::Tokenizer(format!(
                 "GGUF tokenizer model {model:?} is not supported (llama only); pass a tokenizer.json"
             )));
         }
         let tokens: Vec<String> = get("tokenizer.ggml.tokens")
             .and_then(|v| v.to_vec().ok())
-            .ok_or_else(|| EngineError::Tokenizer("GGUF has no tokenizer.ggml.tokens".into()))?
+            .ok_or_else(|| ModelError::Tokenizer("GGUF has no tokenizer.ggml.tokens".into()))?
             .iter()
             .map(|v| v.to_string().cloned().unwrap_or_default())
             .collect();
@@ -188,7 +188,7 @@ impl Tok {
 
     /// Ids of `text`; `bos` adds the beginning-of-sequence token as the tokenizer's template
     /// says (TGI and the authors' prompts have it).
-    pub fn encode(&self, text: &str, bos: bool) -> Result<Vec<u32>, EngineError> {
+    pub fn encode(&self, text: &str, bos: bool) -> Result<Vec<u32>, ModelError> {
         match &self.inner {
             Inner::Hf(t) => Ok(t
                 .encode_fast(text, bos)
@@ -203,7 +203,7 @@ impl Tok {
         self.special.contains_key(&id)
     }
 
-    fn decode_run(&self, run: &[u32]) -> Result<String, EngineError> {
+    fn decode_run(&self, run: &[u32]) -> Result<String, ModelError> {
         match &self.inner {
             Inner::Hf(t) => t.decode(run, false).map_err(terr("decoding")),
             Inner::Spm(s) => Ok(s.decode_run(run)),
@@ -212,14 +212,14 @@ impl Tok {
 
     /// Text of generated ids: special tokens as themselves, runs of ordinary tokens decoded
     /// separately.
-    pub fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+    pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
         self.decode_after(None, ids)
     }
 
     /// Text of ids generated after `prev`: when `prev` is an ordinary token, the first run
     /// continues its word, so its leading space is kept (decoded together with `prev`, minus
     /// `prev`'s own text).
-    pub fn decode_after(&self, prev: Option<u32>, ids: &[u32]) -> Result<String, EngineError> {
+    pub fn decode_after(&self, prev: Option<u32>, ids: &[u32]) -> Result<String, ModelError> {
         let split = ids
             .iter()
             .position(|id| self.special.contains_key(id))
@@ -238,7 +238,7 @@ impl Tok {
         self.decode_plain(ids)
     }
 
-    fn decode_plain(&self, ids: &[u32]) -> Result<String, EngineError> {
+    fn decode_plain(&self, ids: &[u32]) -> Result<String, ModelError> {
         let mut out = String::new();
         let mut run: Vec<u32> = Vec::new();
         for &id in ids {

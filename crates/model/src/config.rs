@@ -2,7 +2,10 @@
 
 use serde_json::Value;
 
-use crate::EngineError;
+use candle_core::quantized::gguf_file;
+
+use crate::names::Weight;
+use crate::ModelError;
 
 /// What the forward pass needs to know about a Llama-family model.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,11 +29,11 @@ pub struct ModelConfig {
     pub declared_dtype: Option<String>,
 }
 
-fn usize_field(v: &Value, key: &str) -> Result<usize, EngineError> {
+fn usize_field(v: &Value, key: &str) -> Result<usize, ModelError> {
     v[key]
         .as_u64()
         .map(|n| n as usize)
-        .ok_or_else(|| EngineError::Config(format!("config.json: missing or invalid {key:?}")))
+        .ok_or_else(|| ModelError::Config(format!("config.json: missing or invalid {key:?}")))
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -44,14 +47,33 @@ fn ids(v: &Value) -> Vec<u32> {
     }
 }
 
+fn meta<'a>(ct: &'a gguf_file::Content, key: &str) -> Option<&'a gguf_file::Value> {
+    ct.metadata.get(key)
+}
+
+fn meta_usize(ct: &gguf_file::Content, key: &str) -> Result<usize, ModelError> {
+    meta(ct, key)
+        .and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)))
+        .map(|n| n as usize)
+        .ok_or_else(|| ModelError::Load(format!("GGUF metadata {key} is missing")))
+}
+
+fn meta_f64(ct: &gguf_file::Content, key: &str) -> Option<f64> {
+    meta(ct, key).and_then(|v| v.to_f32().ok().map(f64::from).or_else(|| v.to_f64().ok()))
+}
+
+fn meta_u32(ct: &gguf_file::Content, key: &str) -> Option<u32> {
+    meta(ct, key).and_then(|v| v.to_u32().ok())
+}
+
 impl ModelConfig {
     /// Reads a Hugging Face `config.json` (transformers 4.x and 5.x spellings).
-    pub fn from_hf_json(text: &str) -> Result<ModelConfig, EngineError> {
+    pub fn from_hf_json(text: &str) -> Result<ModelConfig, ModelError> {
         let v: Value = serde_json::from_str(text)
-            .map_err(|e| EngineError::Config(format!("config.json: {e}")))?;
+            .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
         let model_type = v["model_type"].as_str().unwrap_or("llama");
         if !matches!(model_type, "llama" | "codellama" | "mistral") {
-            return Err(EngineError::Config(format!(
+            return Err(ModelError::Config(format!(
                 "config.json: model_type {model_type:?} is not a Llama-family model"
             )));
         }
@@ -77,7 +99,7 @@ impl ModelConfig {
                 .or(scaling["type"].as_str())
                 .unwrap_or("");
             if kind != "default" {
-                return Err(EngineError::Config(format!(
+                return Err(ModelError::Config(format!(
                     "config.json: rope_scaling {kind:?} is not supported"
                 )));
             }
@@ -86,7 +108,7 @@ impl ModelConfig {
             .as_str()
             .unwrap_or("default");
         if rope_kind != "default" {
-            return Err(EngineError::Config(format!(
+            return Err(ModelError::Config(format!(
                 "config.json: rope_type {rope_kind:?} is not supported"
             )));
         }
@@ -113,9 +135,52 @@ impl ModelConfig {
         Ok(c)
     }
 
+    /// Reads the model hyper-parameters from GGUF metadata (`llama.*`).
+    pub fn from_gguf(ct: &gguf_file::Content) -> Result<ModelConfig, ModelError> {
+        let arch = meta(ct, "general.architecture")
+            .and_then(|v| v.to_string().ok().cloned())
+            .unwrap_or_default();
+        if arch != "llama" {
+            return Err(ModelError::Load(format!(
+                "GGUF architecture {arch:?} is not supported (llama only)"
+            )));
+        }
+        let hidden = meta_usize(ct, "llama.embedding_length")?;
+        let heads = meta_usize(ct, "llama.attention.head_count")?;
+        let kv = meta_usize(ct, "llama.attention.head_count_kv").unwrap_or(heads);
+        let head_dim =
+            meta_usize(ct, "llama.attention.key_length").unwrap_or(hidden / heads.max(1));
+        let embed = Weight::Embed.gguf_name();
+        let vocab = ct
+            .tensor_infos
+            .get(&embed)
+            .and_then(|t| t.shape.dims().first().copied())
+            .ok_or_else(|| ModelError::Load(format!("GGUF tensor {embed} is missing")))?;
+        let c = ModelConfig {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: meta_usize(ct, "llama.feed_forward_length")?,
+            num_layers: meta_usize(ct, "llama.block_count")?,
+            num_heads: heads,
+            num_kv_heads: kv,
+            head_dim,
+            rms_norm_eps: meta_f64(ct, "llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+            rope_theta: meta_f64(ct, "llama.rope.freq_base").unwrap_or(10_000.0),
+            max_position_embeddings: meta_usize(ct, "llama.context_length").unwrap_or(4096),
+            tie_word_embeddings: !ct.tensor_infos.contains_key(&Weight::LmHead.gguf_name()),
+            bos_token_id: meta_u32(ct, "tokenizer.ggml.bos_token_id"),
+            eos_token_ids: meta_u32(ct, "tokenizer.ggml.eos_token_id")
+                .into_iter()
+                .collect(),
+            declared_dtype: None,
+        };
+        c.check()?;
+        Ok(c)
+    }
+
     /// Consistency checks that would otherwise surface as shape errors deep in the forward pass.
-    pub fn check(&self) -> Result<(), EngineError> {
-        let bad = |m: String| Err(EngineError::Config(m));
+    pub fn check(&self) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::Config(m));
         if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_layers == 0 {
             return bad("heads and layers must be positive".into());
         }

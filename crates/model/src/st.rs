@@ -15,7 +15,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::EngineError;
+use crate::ModelError;
 
 /// Tensors from this size on are read by several threads.
 const PARALLEL_READ_BYTES: usize = 16 << 20;
@@ -37,12 +37,12 @@ pub(crate) struct SafetensorsFiles {
     index: HashMap<String, usize>,
 }
 
-fn load_err(path: &Path, what: impl std::fmt::Display) -> EngineError {
-    EngineError::Load(format!("{}: {what}", path.display()))
+fn load_err(path: &Path, what: impl std::fmt::Display) -> ModelError {
+    ModelError::Load(format!("{}: {what}", path.display()))
 }
 
 impl SafetensorsFiles {
-    pub(crate) fn open(paths: &[PathBuf]) -> Result<SafetensorsFiles, EngineError> {
+    pub(crate) fn open(paths: &[PathBuf]) -> Result<SafetensorsFiles, ModelError> {
         let mut shards = Vec::with_capacity(paths.len());
         let mut index = HashMap::new();
         for path in paths {
@@ -87,6 +87,10 @@ impl SafetensorsFiles {
         Ok(SafetensorsFiles { shards, index })
     }
 
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
     /// The stored dtype of a tensor, if present and one candle handles.
     pub(crate) fn dtype(&self, name: &str) -> Option<DType> {
         let s = &self.shards[*self.index.get(name)?];
@@ -94,7 +98,7 @@ impl SafetensorsFiles {
     }
 
     /// Reads a tensor (`None` if no shard has it).
-    pub(crate) fn get(&self, name: &str, device: &Device) -> Result<Option<Tensor>, EngineError> {
+    pub(crate) fn get(&self, name: &str, device: &Device) -> Result<Option<Tensor>, ModelError> {
         let Some(&i) = self.index.get(name) else {
             return Ok(None);
         };
@@ -142,7 +146,7 @@ impl Pod for f32 {}
 impl Pod for half::f16 {}
 impl Pod for half::bf16 {}
 
-fn read_vec<T: Pod>(s: &Shard, offset: u64, n: usize, bytes: usize) -> Result<Vec<T>, EngineError> {
+fn read_vec<T: Pod>(s: &Shard, offset: u64, n: usize, bytes: usize) -> Result<Vec<T>, ModelError> {
     let size = std::mem::size_of::<T>();
     if n * size != bytes {
         return Err(load_err(

@@ -1,0 +1,43 @@
+//! Llama-family models as data, shared by inference (`mathcoder-engine`) and training.
+//!
+//! * [`config::ModelConfig`]: hyper-parameters from a Hugging Face `config.json` (transformers
+//!   4.x and 5.x spellings) or GGUF metadata.
+//! * [`names`]: the tensors of a model — Hugging Face names, GGUF names and shapes — defined once.
+//! * [`checkpoint::Checkpoint`]: a checkpoint as published (a Hugging Face directory with single
+//!   or sharded safetensors or PyTorch `.bin` shards, or a GGUF file), read tensor by tensor.
+//! * [`tokenizer::Tok`]: `tokenizer.json` with its side files' special tokens, or a GGUF's own
+//!   vocabulary tokenised as llama.cpp does ([`spm`]).
+//! * [`llama::Llama`]: a plain, differentiable Llama forward on candle ops that all have a
+//!   backward pass (logits at every position; position ids and attention masks for packed
+//!   sequences), with weights held as [`candle_nn::VarMap`] variables.
+//!
+//! No generation, no KV cache, no fast kernels: those live in the engine.
+
+pub mod checkpoint;
+pub mod config;
+pub mod llama;
+pub mod names;
+pub mod spm;
+mod st;
+pub mod tokenizer;
+
+pub use checkpoint::{Checkpoint, GgufCheckpoint, HfCheckpoint};
+pub use config::ModelConfig;
+pub use llama::Llama;
+pub use names::{LayerWeight, Weight};
+pub use tokenizer::Tok;
+
+/// Why a model, checkpoint or tokenizer could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model config: {0}")]
+    Config(String),
+    #[error("loading the model: {0}")]
+    Load(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("invalid input: {0}")]
+    Input(String),
+    #[error("tensor computation: {0}")]
+    Compute(#[from] candle_core::Error),
+}

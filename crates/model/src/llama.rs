@@ -1,0 +1,374 @@
+//! A plain Llama forward pass for training and as a reference for the engine.
+//!
+//! Every op used here has a backward pass in candle, so gradients reach every weight:
+//! RMSNorm, rotary embeddings and softmax are composed from elementary ops. candle's fused
+//! `ops::rms_norm`, `rotary_emb::rope`/`rope_i` and `ops::softmax_last_dim` have no backward and
+//! would silently cut the graph; they must not be used here.
+//!
+//! The forward takes a batch of token ids `[b, t]` and returns logits at every position
+//! `[b, t, vocab]`. Optional position ids `[b, t]` and an additive attention mask
+//! `[b, 1, t, t]` let a trainer pack several instances into one row: [`packed_positions`] and
+//! [`packed_mask`] build both from per-position instance ids (positions restart at zero and
+//! attention is causal within an instance only).
+//!
+//! Weights are [`candle_nn::VarMap`] variables named by their Hugging Face names
+//! ([`crate::names`]), so a `VarMap` saved with `save` is a `model.safetensors` that loads back.
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use candle_nn::{Init, VarBuilder, VarMap};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::ModelConfig;
+use crate::names::{LayerWeight, Weight};
+use crate::ModelError;
+
+/// One decoder layer's weights (projections stored `[out, in]`).
+struct Block {
+    attn_norm: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    mlp_norm: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+/// A Llama-family decoder (multi-head or grouped-query attention, tied or untied output).
+pub struct Llama {
+    config: ModelConfig,
+    embed: Tensor,
+    layers: Vec<Block>,
+    norm: Tensor,
+    /// `None` when tied to the embeddings.
+    lm_head: Option<Tensor>,
+}
+
+/// Hugging Face's initialisation: normal(0, 0.02) matrices, norms at one.
+fn init(w: Weight) -> Init {
+    if w.is_norm() {
+        Init::Const(1.0)
+    } else {
+        Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        }
+    }
+}
+
+impl Llama {
+    /// Builds the model from `vb`. With [`VarBuilder::from_varmap`] every weight is a trainable
+    /// variable of the map: taken from the map when present, else created with Hugging Face's
+    /// initialisation. Any other backend (safetensors files, ...) only reads tensors.
+    pub fn new(config: &ModelConfig, vb: VarBuilder) -> Result<Llama, ModelError> {
+        config.check()?;
+        let get = |w: Weight| -> Result<Tensor, ModelError> {
+            vb.get_with_hints(w.shape(config), &w.hf_name(), init(w))
+                .map_err(|e| ModelError::Load(format!("{}: {e}", w.hf_name())))
+        };
+        let layers = (0..config.num_layers)
+            .map(|i| {
+                let l = |w: LayerWeight| get(Weight::Layer(i, w));
+                Ok(Block {
+                    attn_norm: l(LayerWeight::AttnNorm)?,
+                    q: l(LayerWeight::Q)?,
+                    k: l(LayerWeight::K)?,
+                    v: l(LayerWeight::V)?,
+                    o: l(LayerWeight::O)?,
+                    mlp_norm: l(LayerWeight::MlpNorm)?,
+                    gate: l(LayerWeight::Gate)?,
+                    up: l(LayerWeight::Up)?,
+                    down: l(LayerWeight::Down)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok(Llama {
+            config: config.clone(),
+            embed: get(Weight::Embed)?,
+            layers,
+            norm: get(Weight::FinalNorm)?,
+            lm_head: if config.tie_word_embeddings {
+                None
+            } else {
+                Some(get(Weight::LmHead)?)
+            },
+        })
+    }
+
+    /// Reads a checkpoint (any format [`Checkpoint`] reads; GGUF matrices are dequantized) into
+    /// a new `VarMap` of `dtype` variables and builds the model on it.
+    pub fn from_checkpoint(
+        ckpt: &Checkpoint,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Llama, VarMap), ModelError> {
+        let config = ckpt.config();
+        let varmap = VarMap::new();
+        {
+            let mut vars = varmap
+                .data()
+                .lock()
+                .map_err(|_| ModelError::Load("the variable map's lock is poisoned".into()))?;
+            for w in Weight::all(config) {
+                let t = ckpt.dense(w, dtype, device)?;
+                vars.insert(w.hf_name(), Var::from_tensor(&t)?);
+            }
+        }
+        let model = Llama::new(config, VarBuilder::from_varmap(&varmap, dtype, device))?;
+        Ok((model, varmap))
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Logits `[b, t, vocab]` (f32) at every position of `ids` (`[b, t]`, u32).
+    ///
+    /// `position_ids` (`[b, t]`, u32) default to `0..t` in every row. `mask` is added to the
+    /// attention scores (`[b, 1, t, t]` or `[1, 1, t, t]`, 0 where a query may attend, -inf
+    /// where not); it replaces the default causal mask, so it must be causal itself, and every
+    /// row must allow at least one key (see [`packed_mask`]).
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        position_ids: Option<&Tensor>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor, ModelError> {
+        let c = &self.config;
+        let (b, t) = ids.dims2().map_err(|_| {
+            ModelError::Input(format!("ids must be [batch, seq], not {:?}", ids.dims()))
+        })?;
+        if ids.dtype() != DType::U32 {
+            return Err(ModelError::Input(format!(
+                "ids must be u32, not {:?}",
+                ids.dtype()
+            )));
+        }
+        if b == 0 || t == 0 {
+            return Err(ModelError::Input("an empty batch".into()));
+        }
+        let max_id = ids.max_all()?.to_scalar::<u32>()?;
+        if max_id as usize >= c.vocab_size {
+            return Err(ModelError::Input(format!(
+                "token id {max_id} is outside the vocabulary ({})",
+                c.vocab_size
+            )));
+        }
+        let device = ids.device();
+        let positions = match position_ids {
+            Some(p) => {
+                if p.dims() != [b, t] || p.dtype() != DType::U32 {
+                    return Err(ModelError::Input(format!(
+                        "position_ids must be u32 [{b}, {t}], not {:?} {:?}",
+                        p.dtype(),
+                        p.dims()
+                    )));
+                }
+                p.clone()
+            }
+            None => Tensor::arange(0u32, t as u32, device)?
+                .unsqueeze(0)?
+                .repeat((b, 1))?,
+        };
+        let mask = match mask {
+            Some(m) => {
+                let ok = m.rank() == 4
+                    && (m.dim(0)? == b || m.dim(0)? == 1)
+                    && m.dims()[1..] == [1, t, t];
+                if !ok {
+                    return Err(ModelError::Input(format!(
+                        "the attention mask must be [{b}, 1, {t}, {t}], not {:?}",
+                        m.dims()
+                    )));
+                }
+                m.to_dtype(DType::F32)?
+            }
+            None => causal_mask(1, t, device)?,
+        };
+        Ok(self.forward_inner(ids, &positions, &mask)?)
+    }
+
+    fn forward_inner(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let (b, t) = ids.dims2()?;
+        let (nh, nkv, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let eps = c.rms_norm_eps;
+        let scale = 1.0 / (d as f64).sqrt();
+        let (cos, sin) = rope_cos_sin(c, positions)?; // [b, 1, t, d]
+        let mut x =
+            self.embed
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((b, t, c.hidden_size))?;
+        for l in &self.layers {
+            let h = rms_norm(&x, &l.attn_norm, eps)?;
+            // [b, t, heads*d] -> [b, heads, t, d]
+            let heads = |w: &Tensor, n: usize| -> candle_core::Result<Tensor> {
+                linear(&h, w)?
+                    .reshape((b, t, n, d))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let q = rope(&heads(&l.q, nh)?, &cos, &sin)?;
+            let k = repeat_kv(&rope(&heads(&l.k, nkv)?, &cos, &sin)?, nh / nkv)?;
+            let v = repeat_kv(&heads(&l.v, nkv)?, nh / nkv)?;
+            let scores = (q.matmul(&k.t()?)? * scale)?
+                .to_dtype(DType::F32)?
+                .broadcast_add(mask)?;
+            let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?;
+            let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * d))?;
+            x = (x + linear(&attn, &l.o)?)?;
+            let h = rms_norm(&x, &l.mlp_norm, eps)?;
+            let mlp = (linear(&h, &l.gate)?.silu()? * linear(&h, &l.up)?)?;
+            x = (x + linear(&mlp, &l.down)?)?;
+        }
+        let x = rms_norm(&x, &self.norm, eps)?;
+        linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed))?.to_dtype(DType::F32)
+    }
+}
+
+/// `x @ w.T` for `x` `[b, t, in]` and `w` `[out, in]`.
+fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, t, i) = x.dims3()?;
+    let o = w.dim(0)?;
+    x.reshape((b * t, i))?.matmul(&w.t()?)?.reshape((b, t, o))
+}
+
+/// RMSNorm as transformers computes it: in f32, `x / sqrt(mean(x²) + eps)`, then scaled.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let dt = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
+    x.broadcast_div(&rms)?.to_dtype(dt)?.broadcast_mul(w)
+}
+
+/// Cos and sin of every position's rotary angles, `[b, 1, t, head_dim]` (both halves), in f32
+/// as transformers computes them.
+fn rope_cos_sin(c: &ModelConfig, positions: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    let half = c.head_dim / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0f32 / (c.rope_theta.powf((2 * i) as f64 / c.head_dim as f64) as f32))
+        .collect();
+    let inv = Tensor::from_vec(inv, (1, 1, half), positions.device())?;
+    let angles = positions
+        .to_dtype(DType::F32)?
+        .unsqueeze(2)?
+        .broadcast_mul(&inv)?; // [b, t, half]
+    let angles = Tensor::cat(&[&angles, &angles], D::Minus1)?.unsqueeze(1)?;
+    Ok((angles.cos()?, angles.sin()?))
+}
+
+/// Rotary embedding in Hugging Face's layout (the two halves of a head rotate together):
+/// `x * cos + rotate_half(x) * sin`, for `x` `[b, heads, t, d]`.
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+}
+
+/// Grouped-query attention: key/value head `j` serves query heads `j*g .. j*g+g`.
+fn repeat_kv(x: &Tensor, g: usize) -> candle_core::Result<Tensor> {
+    if g == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .expand((b, kv, g, t, d))?
+        .reshape((b, kv * g, t, d))
+}
+
+/// The causal mask `[b, 1, t, t]`: 0 on and below the diagonal, -inf above.
+pub fn causal_mask(b: usize, t: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let m: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(m, (1, 1, t, t), device)?.repeat((b, 1, 1, 1))
+}
+
+fn check_segments(segments: &[Vec<u32>]) -> Result<(usize, usize), ModelError> {
+    let b = segments.len();
+    let t = segments.first().map_or(0, Vec::len);
+    if b == 0 || t == 0 || segments.iter().any(|s| s.len() != t) {
+        return Err(ModelError::Input(
+            "segments must be non-empty rows of equal length".into(),
+        ));
+    }
+    Ok((b, t))
+}
+
+/// The block-diagonal causal mask `[b, 1, t, t]` of packed rows: `segments[r][i]` says which
+/// instance position `i` of row `r` belongs to; a position attends to itself and to earlier
+/// positions of the same instance. (Padding can be given an instance of its own.)
+pub fn packed_mask(segments: &[Vec<u32>], device: &Device) -> Result<Tensor, ModelError> {
+    let (b, t) = check_segments(segments)?;
+    let m: Vec<f32> = segments
+        .iter()
+        .flat_map(|s| {
+            (0..t).flat_map(move |i| {
+                (0..t).map(move |j| {
+                    if j <= i && s[j] == s[i] {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(m, (b, 1, t, t), device)?)
+}
+
+/// Position ids `[b, t]` of packed rows: each instance (see [`packed_mask`]) counts its own
+/// positions from zero.
+pub fn packed_positions(segments: &[Vec<u32>], device: &Device) -> Result<Tensor, ModelError> {
+    let (b, t) = check_segments(segments)?;
+    let mut p = Vec::with_capacity(b * t);
+    for s in segments {
+        let mut seen = std::collections::HashMap::<u32, u32>::new();
+        for id in s {
+            let n = seen.entry(*id).or_insert(0);
+            p.push(*n);
+            *n += 1;
+        }
+    }
+    Ok(Tensor::from_vec(p, (b, t), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_helpers() {
+        let seg = vec![vec![0, 0, 0, 1, 1], vec![4, 4, 4, 4, 4]];
+        let p = packed_positions(&seg, &Device::Cpu).unwrap();
+        assert_eq!(
+            p.to_vec2::<u32>().unwrap(),
+            vec![vec![0, 1, 2, 0, 1], vec![0, 1, 2, 3, 4]]
+        );
+        let m = packed_mask(&seg, &Device::Cpu)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let allowed: Vec<Vec<bool>> = m
+            .iter()
+            .map(|r| r.iter().map(|x| *x == 0.0).collect())
+            .collect();
+        assert_eq!(allowed[4], vec![false, false, false, true, true]);
+        assert_eq!(allowed[2], vec![true, true, true, false, false]);
+        assert!(packed_mask(&[vec![0, 0], vec![0]], &Device::Cpu).is_err());
+        assert!(packed_mask(&[], &Device::Cpu).is_err());
+    }
+}
