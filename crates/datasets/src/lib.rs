@@ -128,18 +128,15 @@ impl Benchmark {
         }
     }
 
-    /// Parses a benchmark name (case-insensitive, with a few aliases).
+    /// Parses a benchmark name (case-insensitive). Aliases are the grader's names for the same
+    /// conventions (`deepmind`, `gsmhard`, ...), except that MATH's 500-problem subset has its own
+    /// names (`math500`, `minival`, `math-500`).
     pub fn from_name(s: &str) -> Option<Benchmark> {
         let l = s.to_ascii_lowercase().replace('_', "-");
-        Benchmark::ALL
-            .into_iter()
-            .find(|b| b.name() == l)
-            .or(match l.as_str() {
-                "minival" | "math-500" => Some(Benchmark::Math500),
-                "gsmhard" => Some(Benchmark::GsmHard),
-                "deepmind" | "dm-mathematics" => Some(Benchmark::Mathematics),
-                _ => None,
-            })
+        if matches!(l.as_str(), "math500" | "minival" | "math-500") {
+            return Some(Benchmark::Math500);
+        }
+        Conventions::from_name(&l).and_then(Benchmark::for_conventions)
     }
 
     /// One line on where the data come from.

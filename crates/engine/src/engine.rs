@@ -165,8 +165,8 @@ impl Job {
             recomputed = session.truncate_left(t.max(1));
         }
         if session.is_empty() {
-            return Err(EngineError::Input(
-                "nothing to continue: empty prompt".into(),
+            return Err(EngineError::input(
+                "nothing to continue: empty prompt",
             ));
         }
         if session.pending.is_empty() {
@@ -221,7 +221,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(model: Model, tok: Tok) -> Result<Engine, EngineError> {
         if tok.vocab_size() > model.config.vocab_size {
-            return Err(EngineError::Load(format!(
+            return Err(EngineError::load(format!(
                 "the tokenizer has {} tokens, the model's vocabulary {}",
                 tok.vocab_size(),
                 model.config.vocab_size

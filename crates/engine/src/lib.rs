@@ -35,34 +35,32 @@ pub use load::{load_model, LoadOptions};
 pub use sampling::SamplingParams;
 pub use tokenizer::Tok;
 
-/// Why the engine could not do something.
+/// Why the engine could not do something: a model, checkpoint or tokenizer problem (the model
+/// crate's error), or one of the engine's own.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("model config: {0}")]
-    Config(String),
-    #[error("loading the model: {0}")]
-    Load(String),
-    #[error("tokenizer: {0}")]
-    Tokenizer(String),
-    #[error("invalid input: {0}")]
-    Input(String),
+    #[error(transparent)]
+    Model(#[from] ModelError),
     #[error("the sequence needs {needed} positions, the model has {limit}")]
     ContextFull { needed: usize, limit: usize },
-    #[error("tensor computation: {0}")]
-    Compute(#[from] candle_core::Error),
     #[error("the engine thread has stopped")]
     Stopped,
 }
 
-impl From<ModelError> for EngineError {
-    fn from(e: ModelError) -> EngineError {
-        match e {
-            ModelError::Config(m) => EngineError::Config(m),
-            ModelError::Load(m) => EngineError::Load(m),
-            ModelError::Tokenizer(m) => EngineError::Tokenizer(m),
-            ModelError::Input(m) => EngineError::Input(m),
-            ModelError::Compute(e) => EngineError::Compute(e),
-        }
+impl From<candle_core::Error> for EngineError {
+    fn from(e: candle_core::Error) -> EngineError {
+        EngineError::Model(ModelError::Compute(e))
+    }
+}
+
+impl EngineError {
+    /// Bad input (a token outside the vocabulary, an empty step, ...).
+    pub fn input(message: impl Into<String>) -> EngineError {
+        EngineError::Model(ModelError::Input(message.into()))
+    }
+    /// A model that cannot be loaded.
+    pub fn load(message: impl Into<String>) -> EngineError {
+        EngineError::Model(ModelError::Load(message.into()))
     }
 }
 

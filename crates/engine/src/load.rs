@@ -33,7 +33,7 @@ impl Default for LoadOptions {
 }
 
 fn ce(what: &str) -> impl FnOnce(candle_core::Error) -> EngineError + '_ {
-    move |e| EngineError::Load(format!("{what}: {e}"))
+    move |e| EngineError::load(format!("{what}: {e}"))
 }
 
 /// Loads a checkpoint directory or a `.gguf` file.
@@ -60,7 +60,7 @@ fn load_hf(ckpt: HfCheckpoint, opts: &LoadOptions) -> Result<Model, EngineError>
         .dtype
         .unwrap_or(if dev.is_cpu() { DType::F32 } else { stored });
     if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-        return Err(EngineError::Load(format!(
+        return Err(EngineError::load(format!(
             "unsupported compute dtype {dtype:?}"
         )));
     }

@@ -197,7 +197,7 @@ impl Model {
             .max(self.cos.dim(0).unwrap_or(0));
         for s in steps.iter() {
             if s.tokens.is_empty() {
-                return Err(EngineError::Input("a step with no tokens".into()));
+                return Err(EngineError::input("a step with no tokens"));
             }
             if s.cache.len() + s.tokens.len() > max {
                 return Err(EngineError::ContextFull {
@@ -210,7 +210,7 @@ impl Model {
                 .iter()
                 .find(|t| **t as usize >= self.config.vocab_size)
             {
-                return Err(EngineError::Input(format!(
+                return Err(EngineError::input(format!(
                     "token id {t} is outside the vocabulary ({})",
                     self.config.vocab_size
                 )));

@@ -39,7 +39,7 @@ fn engine(name: &str, dtype: Option<DType>) -> Engine {
     match load(&dir, None, &opts) {
         Ok(e) => e,
         // Fixtures without a tokenizer: use llama2-tiny's (ids only matter).
-        Err(mathcoder_engine::EngineError::Tokenizer(_)) => {
+        Err(mathcoder_engine::EngineError::Model(mathcoder_engine::ModelError::Tokenizer(_))) => {
             load(&dir, Some(&fixture("llama2-tiny")), &opts)
                 .or_else(|_| {
                     let model = mathcoder_engine::load_model(&dir, &opts)?;
