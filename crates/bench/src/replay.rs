@@ -63,7 +63,6 @@ pub fn replay(a: ReplayArgs) -> Result<i32> {
         fault_limit: a.fault_limit,
         openai_strict: a.openai_strict,
         drops_special_tokens: a.drops_special_tokens,
-        ..ReplayConfig::default()
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
