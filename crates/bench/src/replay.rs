@@ -1,7 +1,7 @@
 //! `mathcoder-bench replay-server`: recorded MathCoder blocks served over the TGI and OpenAI
 //! protocols (for tests and benchmarks; never on the inference path).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use mathcoder_cli::args::data_dir;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,8 +19,8 @@ pub struct ReplayArgs {
     #[arg(long)]
     slots: Option<usize>,
     /// Inject a fault: 500, hang, malformed, close.
-    #[arg(long)]
-    fault: Option<String>,
+    #[arg(long, value_enum)]
+    fault: Option<mathcoder_replay::Fault>,
     /// Every N-th request gets the fault.
     #[arg(long, default_value_t = 1)]
     fault_every: u64,
@@ -37,7 +37,7 @@ pub struct ReplayArgs {
 }
 
 pub fn replay(a: ReplayArgs) -> Result<i32> {
-    use mathcoder_replay::{serve, Fault, Recordings, ReplayConfig};
+    use mathcoder_replay::{serve, Recordings, ReplayConfig};
     let inputs = if a.inputs.is_empty() {
         vec![data_dir()
             .context("no vendored data; pass output files")?
@@ -47,18 +47,10 @@ pub fn replay(a: ReplayArgs) -> Result<i32> {
     };
     let files = mathcoder_sandbox::audit::expand_inputs(&inputs)?;
     let rec = Recordings::from_files(&files)?;
-    let fault = match a.fault.as_deref() {
-        None => None,
-        Some("500") => Some(Fault::ServerError),
-        Some("hang") => Some(Fault::Hang),
-        Some("malformed") => Some(Fault::Malformed),
-        Some("close") => Some(Fault::Close),
-        Some(f) => bail!("unknown fault {f:?} (500, hang, malformed, close)"),
-    };
     let config = ReplayConfig {
         per_token_latency: Duration::from_secs_f64(a.latency_ms.max(0.0) / 1000.0),
         slots: a.slots,
-        fault,
+        fault: a.fault,
         fault_every: a.fault_every,
         fault_limit: a.fault_limit,
         openai_strict: a.openai_strict,

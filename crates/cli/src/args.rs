@@ -298,3 +298,14 @@ pub fn data_dir() -> Option<PathBuf> {
     let built = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data"));
     built.join("released-outputs").is_dir().then_some(built)
 }
+
+/// Parses a dataset's grading conventions with the grader's own names and aliases (for
+/// `value_parser`).
+pub fn conventions(s: &str) -> std::result::Result<mathcoder_grade::Dataset, String> {
+    mathcoder_grade::Dataset::from_name(s).ok_or_else(|| {
+        format!(
+            "unknown dataset {s:?}; one of: {}",
+            mathcoder_grade::Dataset::ALL.map(|d| d.name()).join(", ")
+        )
+    })
+}

@@ -165,9 +165,7 @@ impl Job {
             recomputed = session.truncate_left(t.max(1));
         }
         if session.is_empty() {
-            return Err(EngineError::input(
-                "nothing to continue: empty prompt",
-            ));
+            return Err(EngineError::input("nothing to continue: empty prompt"));
         }
         if session.pending.is_empty() {
             // Everything is cached but the next token needs the last position's logits: feed

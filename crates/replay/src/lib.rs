@@ -142,8 +142,10 @@ impl Recordings {
 
 /// Faults to inject, for testing clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Fault {
     /// HTTP 500.
+    #[cfg_attr(feature = "clap", value(name = "500"))]
     ServerError,
     /// Never answer.
     Hang,

@@ -1,6 +1,6 @@
 //! `mathcoder compare GOLD ANSWER`
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use mathcoder_grade::{Dataset, Grader};
 use std::io::Write;
 
@@ -13,8 +13,8 @@ pub struct Args {
     /// The answer or whole response to grade.
     answer: String,
     /// Dataset conventions (default: generic).
-    #[arg(long, default_value = "generic")]
-    dataset: String,
+    #[arg(long, default_value = "generic", value_parser = mathcoder_cli::args::conventions)]
+    dataset: Dataset,
     /// The question, for rules that need it (choice letters, comparisons).
     #[arg(long)]
     question: Option<String>,
@@ -26,13 +26,7 @@ pub struct Args {
 
 /// Exit status 0 when the answer is correct, 1 when it is not.
 pub fn run(a: Args) -> Result<i32> {
-    let d = Dataset::from_name(&a.dataset).with_context(|| {
-        format!(
-            "unknown dataset {:?}; one of: {}",
-            a.dataset,
-            Dataset::ALL.map(|d| d.name()).join(", ")
-        )
-    })?;
+    let d = a.dataset;
     let v = Grader::new(a.grading.options()).grade(d, &a.gold, &a.answer, a.question.as_deref());
     let mut out = std::io::stdout().lock();
     match a.format {

@@ -16,8 +16,8 @@ pub struct Args {
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// Dataset conventions to grade with (default: detected from each path).
-    #[arg(long)]
-    dataset: Option<String>,
+    #[arg(long, value_parser = mathcoder_cli::args::conventions)]
+    dataset: Option<Dataset>,
     #[command(flatten)]
     grading: GradeArgs,
     /// Write one JSON line per record, in input order, to this file.
@@ -32,15 +32,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<i32> {
-    let dataset = match &a.dataset {
-        Some(d) => Some(Dataset::from_name(d).with_context(|| {
-            format!(
-                "unknown dataset {d:?}; one of: {}",
-                Dataset::ALL.map(|d| d.name()).join(", ")
-            )
-        })?),
-        None => None,
-    };
+    let dataset = a.dataset;
     let grader = Grader::new(a.grading.options());
     let mut total = 0u64;
     for f in &a.files {

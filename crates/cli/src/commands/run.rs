@@ -112,8 +112,8 @@ pub struct EvalArgs {
     #[arg(long)]
     dataset: String,
     /// Answer conventions for a dataset file (default: from the name or path).
-    #[arg(long)]
-    conventions: Option<String>,
+    #[arg(long, value_parser = mathcoder_cli::args::conventions)]
+    conventions: Option<Dataset>,
     /// Output directory (results.jsonl, summary.json, run.json); an existing run there resumes.
     #[arg(long)]
     out: PathBuf,
@@ -145,15 +145,10 @@ pub struct EvalArgs {
 pub fn eval(a: EvalArgs) -> Result<i32> {
     let set = mathcoder_datasets::resolve(&a.dataset)?;
     let (name, mut problems) = (set.name, set.problems);
-    let conventions = match &a.conventions {
-        Some(c) => Dataset::from_name(c).with_context(|| {
-            format!(
-                "unknown conventions {c:?}; one of: {}",
-                Dataset::ALL.map(|d| d.name()).join(", ")
-            )
-        })?,
-        None => set.conventions.unwrap_or(Dataset::Generic),
-    };
+    let conventions = a
+        .conventions
+        .or(set.conventions)
+        .unwrap_or(Dataset::Generic);
     if let Some(k) = a.limit {
         problems.truncate(k);
     }
