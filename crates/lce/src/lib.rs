@@ -4,11 +4,13 @@
 //! real **E**xecution results of that code. This crate owns everything about how that is
 //! written down: the eight special tokens ([`tokens`]), the [`Block`] type, the prompt template
 //! ([`prompt`]), parsing raw model text into blocks ([`parse`]), and the authors' JSONL record
-//! formats ([`record`], [`pyjson`]).
+//! formats ([`record`], [`pyjson`]) and finding record files ([`files`]).
 //!
-//! It depends on nothing else in the workspace and performs no I/O beyond reading record files.
+//! It depends on nothing else in the workspace and performs no I/O beyond finding and reading
+//! record files.
 
 pub mod block;
+pub mod files;
 pub mod parse;
 pub mod prompt;
 pub mod pyjson;
@@ -16,6 +18,7 @@ pub mod record;
 pub mod tokens;
 
 pub use block::{render_blocks, Block, BlockKind};
+pub use files::{record_files, FilesError};
 pub use parse::{parse_blocks, parse_round, ParseWarning, ParsedOutput};
 pub use prompt::{parse_conversation, Conversation, PromptTemplate, DEFAULT_SYSTEM_PROMPT};
 pub use record::{DebugEntry, GroundTruth, OutputRecord, RecordError, TestRecord};
