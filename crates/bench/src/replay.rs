@@ -45,7 +45,7 @@ pub fn replay(a: ReplayArgs) -> Result<i32> {
     } else {
         a.inputs.clone()
     };
-    let files = mathcoder_sandbox::audit::expand_inputs(&inputs)?;
+    let files = mathcoder_lce::record_files(&inputs)?;
     let rec = Recordings::from_files(&files)?;
     let config = ReplayConfig {
         per_token_latency: Duration::from_secs_f64(a.latency_ms.max(0.0) / 1000.0),

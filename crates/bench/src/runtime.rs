@@ -188,7 +188,7 @@ pub fn runtime(a: RuntimeArgs) -> Result<i32> {
                 })?
         }
     };
-    let files = mathcoder_sandbox::audit::expand_inputs(&[outputs])?;
+    let files = mathcoder_lce::record_files(&[outputs])?;
     let recordings = Recordings::from_files(&files)?;
     let all: Vec<Problem> = bench
         .load()?

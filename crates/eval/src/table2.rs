@@ -1,6 +1,7 @@
 //! The paper's Table 2 and its reproduction from released outputs.
 
 use mathcoder_grade::{Dataset, Grader};
+use mathcoder_lce::FilesError;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -64,39 +65,20 @@ pub fn model_from_path(path: &Path) -> Option<String> {
     None
 }
 
-/// Every `*.jsonl` / `*.jsonl.gz` file under `dir`, sorted.
+/// Every `*.jsonl` / `*.jsonl.gz` file under `dir`, sorted ([`mathcoder_lce::files`]); none
+/// is an error.
 pub fn find_output_files(dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
-    let mut out = Vec::new();
-    walk(dir, &mut out)?;
-    out.sort();
+    let out = mathcoder_lce::files::record_files_under(dir).map_err(|e| match e {
+        FilesError::NotFound(path) => EvalError::Dir {
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            path,
+        },
+        FilesError::ReadDir { path, source } => EvalError::Dir { path, source },
+    })?;
     if out.is_empty() {
         return Err(EvalError::NoFiles(dir.to_path_buf()));
     }
     Ok(out)
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), EvalError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| EvalError::Dir {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    for e in rd {
-        let p = e
-            .map_err(|source| EvalError::Dir {
-                path: dir.to_path_buf(),
-                source,
-            })?
-            .path();
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else {
-            let name = p.to_string_lossy();
-            if name.ends_with(".jsonl") || name.ends_with(".jsonl.gz") {
-                out.push(p);
-            }
-        }
-    }
-    Ok(())
 }
 
 /// One reproduced cell.

@@ -6,10 +6,14 @@
 //! ([`prompt`]), which bytes of a rendered conversation the model writes ([`span`]), parsing
 //! raw model text into blocks ([`parse`]), and the authors' JSONL record formats ([`record`],
 //! [`pyjson`]).
+//! ([`prompt`]), parsing raw model text into blocks ([`parse`]), and the authors' JSONL record
+//! formats ([`record`], [`pyjson`]) and finding record files ([`files`]).
 //!
-//! It depends on nothing else in the workspace and performs no I/O beyond reading record files.
+//! It depends on nothing else in the workspace and performs no I/O beyond finding and reading
+//! record files.
 
 pub mod block;
+pub mod files;
 pub mod parse;
 pub mod prompt;
 pub mod pyjson;
@@ -19,6 +23,7 @@ pub mod span;
 pub mod tokens;
 
 pub use block::{render_blocks, Block, BlockKind};
+pub use files::{record_files, FilesError};
 pub use parse::{parse_blocks, parse_round, ParseWarning, ParsedOutput};
 pub use prompt::{parse_conversation, Conversation, PromptTemplate, DEFAULT_SYSTEM_PROMPT};
 pub use record::{DebugEntry, GroundTruth, OutputRecord, RecordError, TestRecord};

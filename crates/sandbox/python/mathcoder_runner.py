@@ -618,7 +618,8 @@ def session_main(sock, shell, config):
     workdir = session_dir(config, os.getpid())
     os.makedirs(workdir, mode=0o700, exist_ok=True)
     os.chdir(workdir)
-    for k in ("HOME", "TMPDIR", "MPLCONFIGDIR"):
+    # The supervisor's policy names the variables that point at a private directory.
+    for k in config.get("private_dir_env", []):
         os.environ[k] = workdir
     import tempfile
 

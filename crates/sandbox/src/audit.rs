@@ -11,7 +11,7 @@ use mathcoder_lce::BlockKind;
 use regex::Regex;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::Semaphore;
 
@@ -366,34 +366,6 @@ pub fn render_text(r: &AuditReport, examples: usize) -> String {
         ));
     }
     out
-}
-
-/// Every `*.jsonl[.gz]` under the given files/directories.
-pub fn expand_inputs(inputs: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for p in inputs {
-        if p.is_dir() {
-            walk(p, &mut out)?;
-        } else {
-            out.push(p.clone());
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-fn walk(d: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(d)? {
-        let p = e?.path();
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if p.to_string_lossy().ends_with(".jsonl")
-            || p.to_string_lossy().ends_with(".jsonl.gz")
-        {
-            out.push(p);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

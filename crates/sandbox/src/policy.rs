@@ -7,7 +7,8 @@ use seccompiler::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Limits of one session.
@@ -57,7 +58,13 @@ impl Limits {
     }
 }
 
-/// System directories every session may read (and execute from).
+/// System directories (and files) every session may read (and execute from).
+///
+/// Of `/proc` only the session's own directory and a few system-wide files: another process's
+/// `/proc/<pid>/environ` holds that process's environment as it was started, secrets included
+/// (the supervisor's, the shell's that started it), and Landlock's ptrace scoping does not cover
+/// it on every kernel. `/proc/self` is opened by the session itself when it applies the rules,
+/// so it names the session's own `/proc/<pid>`.
 pub const SYSTEM_READ: &[&str] = &[
     "/usr",
     "/lib",
@@ -67,7 +74,10 @@ pub const SYSTEM_READ: &[&str] = &[
     "/sbin",
     "/etc",
     "/opt",
-    "/proc",
+    "/proc/self",
+    "/proc/cpuinfo",
+    "/proc/meminfo",
+    "/proc/stat",
     "/sys",
     "/dev",
     "/run/systemd/resolve",
@@ -79,6 +89,107 @@ pub fn landlock_read_paths(env_paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut read: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
     read.extend(env_paths.iter().cloned());
     read
+}
+
+/// Where the value of a variable in [`SANDBOX_ENV`] comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnvSource {
+    /// The supervisor's value, when it has one (otherwise the variable stays unset).
+    Inherit,
+    /// This value, whatever the supervisor has.
+    Fixed(&'static str),
+    /// A private directory: the zygote's own under the sandbox root, then, in each session, the
+    /// session's working directory (the runner re-points these before the first cell).
+    PrivateDir,
+    /// The environment's `bin` directory, then the system's (`/usr/local/bin:/usr/bin:/bin`).
+    SearchPath,
+}
+
+/// The environment allow-list: the only variables sandbox processes (the zygote and so every
+/// session) start with. Model-written code can read its whole environment (`os.environ`,
+/// `/proc/self/environ`), so anything else the supervisor has — API keys, tokens, cloud
+/// credentials, proxies, `PYTHONPATH`, `LD_PRELOAD`, `COLUMNS` — is dropped, never passed on.
+///
+/// * locale (`LANG`, `LANGUAGE`, `LC_*` by name) and `TZ`: inherited, as text formatting may
+///   depend on them;
+/// * BLAS/OpenMP threads: one per session (a session is one worker on one core);
+///   `OPENBLAS_CORETYPE` and `OPENBLAS_L2_SIZE` are inherited, as OpenBLAS needs them to start
+///   on some CPUs;
+/// * `PATH`: the environment and system directories only;
+/// * `HOME`, `TMPDIR`, `MPLCONFIGDIR`: private (IPython creates its profile under `HOME`);
+/// * `PYTHONHASHSEED`, `PYTHONDONTWRITEBYTECODE`: kept as before for tools that read them; the
+///   interpreter runs with `-I`, which ignores `PYTHON*` variables.
+pub const SANDBOX_ENV: &[(&str, EnvSource)] = &[
+    ("PATH", EnvSource::SearchPath),
+    ("HOME", EnvSource::PrivateDir),
+    ("TMPDIR", EnvSource::PrivateDir),
+    ("MPLCONFIGDIR", EnvSource::PrivateDir),
+    ("LANG", EnvSource::Inherit),
+    ("LANGUAGE", EnvSource::Inherit),
+    ("LC_ALL", EnvSource::Inherit),
+    ("LC_CTYPE", EnvSource::Inherit),
+    ("LC_NUMERIC", EnvSource::Inherit),
+    ("LC_TIME", EnvSource::Inherit),
+    ("LC_COLLATE", EnvSource::Inherit),
+    ("LC_MONETARY", EnvSource::Inherit),
+    ("LC_MESSAGES", EnvSource::Inherit),
+    ("LC_PAPER", EnvSource::Inherit),
+    ("LC_NAME", EnvSource::Inherit),
+    ("LC_ADDRESS", EnvSource::Inherit),
+    ("LC_TELEPHONE", EnvSource::Inherit),
+    ("LC_MEASUREMENT", EnvSource::Inherit),
+    ("LC_IDENTIFICATION", EnvSource::Inherit),
+    ("TZ", EnvSource::Inherit),
+    ("OMP_NUM_THREADS", EnvSource::Fixed("1")),
+    ("OPENBLAS_NUM_THREADS", EnvSource::Fixed("1")),
+    ("MKL_NUM_THREADS", EnvSource::Fixed("1")),
+    ("OPENBLAS_CORETYPE", EnvSource::Inherit),
+    ("OPENBLAS_L2_SIZE", EnvSource::Inherit),
+    ("PYTHONHASHSEED", EnvSource::Fixed("0")),
+    ("PYTHONDONTWRITEBYTECODE", EnvSource::Fixed("1")),
+];
+
+/// The system part of a sandbox `PATH`.
+const SYSTEM_PATH: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin"];
+
+/// The complete environment of the zygote, from [`SANDBOX_ENV`]: `venv_bin` is the Python
+/// environment's `bin` directory, `private_dir` the zygote's private directory, `inherited`
+/// looks up the supervisor's value of a variable.
+pub fn sandbox_env(
+    venv_bin: &Path,
+    private_dir: &Path,
+    inherited: impl Fn(&str) -> Option<OsString>,
+) -> Vec<(&'static str, OsString)> {
+    let mut out = Vec::new();
+    for &(name, source) in SANDBOX_ENV {
+        let value = match source {
+            EnvSource::Inherit => match inherited(name) {
+                Some(v) => v,
+                None => continue,
+            },
+            EnvSource::Fixed(v) => OsString::from(v),
+            EnvSource::PrivateDir => private_dir.as_os_str().to_owned(),
+            EnvSource::SearchPath => {
+                let mut p = venv_bin.as_os_str().to_owned();
+                for d in SYSTEM_PATH {
+                    p.push(":");
+                    p.push(d);
+                }
+                p
+            }
+        };
+        out.push((name, value));
+    }
+    out
+}
+
+/// The variables a session points at its own working directory.
+pub fn private_dir_vars() -> Vec<&'static str> {
+    SANDBOX_ENV
+        .iter()
+        .filter(|(_, s)| *s == EnvSource::PrivateDir)
+        .map(|(n, _)| *n)
+        .collect()
 }
 
 fn arch() -> Result<TargetArch, String> {
@@ -319,6 +430,40 @@ mod tests {
         assert_eq!(patched, real[0]);
         assert_eq!(base64(b"hello"), "aGVsbG8=");
         assert_eq!(base64(b"hi!"), "aGkh");
+    }
+
+    #[test]
+    fn sandbox_env_is_the_allow_list() {
+        let parent = |k: &str| -> Option<OsString> {
+            match k {
+                "OPENAI_API_KEY" | "AWS_SECRET_ACCESS_KEY" => Some("sk-secret".into()),
+                "LANG" => Some("C.UTF-8".into()),
+                "OPENBLAS_CORETYPE" => Some("Haswell".into()),
+                "OMP_NUM_THREADS" => Some("64".into()),
+                "PATH" => Some("/home/me/bin:/usr/bin".into()),
+                "HOME" => Some("/home/me".into()),
+                _ => None,
+            }
+        };
+        let env = sandbox_env(Path::new("/venv/bin"), Path::new("/private"), parent);
+        let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        for (name, _) in &env {
+            assert!(SANDBOX_ENV.iter().any(|(n, _)| n == name), "{name}");
+        }
+        assert!(!env
+            .iter()
+            .any(|(_, v)| v.to_string_lossy().contains("secret")));
+        assert_eq!(
+            get("PATH").unwrap(),
+            "/venv/bin:/usr/local/bin:/usr/bin:/bin"
+        );
+        assert_eq!(get("HOME").unwrap(), "/private");
+        assert_eq!(get("TMPDIR").unwrap(), "/private");
+        assert_eq!(get("LANG").unwrap(), "C.UTF-8");
+        assert_eq!(get("OPENBLAS_CORETYPE").unwrap(), "Haswell");
+        assert_eq!(get("OMP_NUM_THREADS").unwrap(), "1");
+        assert_eq!(get("TZ"), None, "unset stays unset");
+        assert_eq!(private_dir_vars(), ["HOME", "TMPDIR", "MPLCONFIGDIR"]);
     }
 }
 

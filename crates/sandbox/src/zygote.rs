@@ -84,6 +84,14 @@ impl Zygote {
     ) -> Result<Zygote, SandboxError> {
         let (ours, theirs) =
             UnixStream::pair().map_err(|e| SandboxError::Start(format!("socketpair: {e}")))?;
+        // The zygote's private HOME/TMPDIR; each session re-points them at its working directory.
+        let home = setup.root.join("home");
+        std::fs::create_dir_all(&home)
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(|e| SandboxError::Start(format!("creating {}: {e}", home.display())))?;
         let filter = policy::zygote_filter().ok();
         let seccomp = filter.is_some();
         let theirs_fd = theirs.as_raw_fd();
@@ -95,11 +103,11 @@ impl Zygote {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .env("OPENBLAS_NUM_THREADS", "1")
-            .env("OMP_NUM_THREADS", "1")
-            .env("MKL_NUM_THREADS", "1")
-            .env("PYTHONHASHSEED", "0")
-            .env("PYTHONDONTWRITEBYTECODE", "1");
+            // Nothing of the supervisor's environment but the allow-list (secrets stay out).
+            .env_clear()
+            .envs(policy::sandbox_env(&env.dir.join("bin"), &home, |k| {
+                std::env::var_os(k)
+            }));
         // SAFETY: only async-signal-safe libc calls run between fork and exec; the filter was
         // compiled before forking.
         unsafe {
@@ -210,6 +218,7 @@ impl Zygote {
             "landlock": (landlock_abi > 0).then(|| serde_json::json!({"read": setup.landlock_read, "write": ["/dev/null"]})),
             "seccomp": seccomp_templates,
             "spares": setup.spares,
+            "private_dir_env": policy::private_dir_vars(),
         });
         let mut control = ours;
         control

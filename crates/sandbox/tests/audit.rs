@@ -13,7 +13,7 @@ async fn simuleq_cells_reproduce_the_recorded_text() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../data/released-outputs/MathCoder-L-7b/simuleq"
     ));
-    let files = audit::expand_inputs(&[dir]).unwrap();
+    let files = mathcoder_lce::record_files(&[dir]).unwrap();
     assert_eq!(files.len(), 2);
     let r = audit::run(&common::sandbox(), &files, 3, Arc::new(|_| {}))
         .await

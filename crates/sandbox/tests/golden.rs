@@ -67,8 +67,12 @@ fn expected_difference(code: &str, recorded: &str, python: &str) -> Option<&'sta
 
 async fn run(name: &str) -> Option<(usize, usize, Vec<String>)> {
     let probes = probes(name)?;
-    let python = common::sandbox().warm_up().await.expect("zygote").python;
-    let mut s = common::sandbox().session().await.expect("session");
+    let python = common::patient_sandbox()
+        .warm_up()
+        .await
+        .expect("zygote")
+        .python;
+    let mut s = common::patient_sandbox().session().await.expect("session");
     let (mut same, mut compared) = (0, 0);
     let mut diffs = Vec::new();
     for (code, recorded) in &probes {

@@ -225,7 +225,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
     let mut summary =
         aggregate::summarize(&plain, &name, &backend.describe(), conventions, &grader);
     if !a.reference.is_empty() {
-        let files = mathcoder_sandbox::audit::expand_inputs(&a.reference)?;
+        let files = mathcoder_lce::record_files(&a.reference)?;
         summary.reference = Some(mathcoder_runner::reference::compare(
             &plain,
             &files,

@@ -159,7 +159,7 @@ pub fn audit(a: AuditArgs) -> Result<i32> {
     } else {
         a.inputs.clone()
     };
-    let files = audit::expand_inputs(&inputs)?;
+    let files = mathcoder_lce::record_files(&inputs)?;
     if files.is_empty() {
         bail!("no output files (*.jsonl, *.jsonl.gz) in {:?}", inputs);
     }
