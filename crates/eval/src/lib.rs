@@ -28,10 +28,6 @@ pub enum EvalError {
     UnknownDataset(PathBuf),
     #[error("no output files (*.jsonl, *.jsonl.gz) under {0}")]
     NoFiles(PathBuf),
-    #[error("cannot read directory {path}")]
-    Dir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Files(#[from] mathcoder_lce::FilesError),
 }

@@ -1,7 +1,6 @@
 //! The paper's Table 2 and its reproduction from released outputs.
 
 use mathcoder_grade::{Dataset, Grader};
-use mathcoder_lce::FilesError;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -68,13 +67,7 @@ pub fn model_from_path(path: &Path) -> Option<String> {
 /// Every `*.jsonl` / `*.jsonl.gz` file under `dir`, sorted ([`mathcoder_lce::files`]); none
 /// is an error.
 pub fn find_output_files(dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
-    let out = mathcoder_lce::files::record_files_under(dir).map_err(|e| match e {
-        FilesError::NotFound(path) => EvalError::Dir {
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-            path,
-        },
-        FilesError::ReadDir { path, source } => EvalError::Dir { path, source },
-    })?;
+    let out = mathcoder_lce::files::record_files_under(dir)?;
     if out.is_empty() {
         return Err(EvalError::NoFiles(dir.to_path_buf()));
     }

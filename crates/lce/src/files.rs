@@ -15,7 +15,7 @@ pub enum FilesError {
     #[error("{0}: no such file or directory")]
     NotFound(PathBuf),
     /// A directory (or an entry in it) could not be read.
-    #[error("cannot read directory {path}: {source}")]
+    #[error("cannot read directory {path}")]
     ReadDir {
         path: PathBuf,
         #[source]
