@@ -183,6 +183,14 @@ fn exit_codes() {
     assert_eq!(code(&["compare", "1", "1.0"]), Some(0));
     assert_eq!(code(&["datasets"]), Some(0));
     assert_eq!(code(&["--version"]), Some(0));
+    assert_eq!(code(&["audit", "/nonexistent-dir"]), Some(2));
+    assert_eq!(
+        code(&["exec", "--python", "/nonexistent/python3", "--cells", "[]"]),
+        Some(2)
+    );
+    // `bench` runs mathcoder-bench, whose usage errors exit with 2 too.
+    assert_eq!(code(&["bench", "no-such-benchmark"]), Some(2));
+    assert_eq!(code(&["bench", "--help"]), Some(0));
 }
 
 /// A run record carries its verdict; `grade` reports it as stored (the file is not graded
