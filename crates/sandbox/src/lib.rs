@@ -8,10 +8,12 @@
 //!
 //! Isolation, per session: seccomp (no sockets, no new processes, no exec, signals only to
 //! itself, no namespace/mount/trace/module syscalls), Landlock (writes only in its own
-//! working directory, reads only system and Python directories; TCP denied; signals scoped), a
-//! network namespace when the host allows one, rlimits (address space, CPU, file size, open
-//! files, no core dumps), a per-cell wall-clock timeout with interrupt-then-kill, an output
-//! cap, and a lifeline pipe that takes every sandbox process down with the supervisor.
+//! working directory, reads only system and Python directories and its own `/proc`; TCP denied;
+//! signals scoped), an allow-listed environment ([`policy::SANDBOX_ENV`]: nothing of the
+//! supervisor's secrets), a network namespace when the host allows one, rlimits (address
+//! space, CPU, file size, open files, no core dumps), a per-cell wall-clock timeout with
+//! interrupt-then-kill, an output cap, and a lifeline pipe that takes every sandbox process
+//! down with the supervisor.
 //! [`Isolation`] says which layers are active.
 //!
 //! Differences from the authors' Jupyter executor, on purpose: a timed-out cell is interrupted
