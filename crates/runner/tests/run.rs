@@ -51,11 +51,17 @@ async fn server(config: ReplayConfig) -> Server {
 }
 
 fn backend(s: &Server, retries: u32) -> Arc<dyn Backend> {
+    backend_with_timeout(s, retries, Duration::from_secs(30))
+}
+
+/// A short timeout only where a test needs a hang to time out: elsewhere a slow but healthy
+/// reply on a loaded machine must not count as a failure.
+fn backend_with_timeout(s: &Server, retries: u32, timeout: Duration) -> Arc<dyn Backend> {
     Arc::new(
         Tgi::new(
             &s.url(),
             HttpConfig {
-                timeout: Duration::from_millis(500),
+                timeout,
                 retries,
                 backoff: Duration::from_millis(5),
                 ..HttpConfig::default()
@@ -178,7 +184,13 @@ async fn faults_fail_problems_not_the_run_and_failed_problems_can_be_retried() {
         })
         .await;
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(go(&ps, backend(&s, 1), dir.path(), 1, false).await, 6);
+        let timeout = if fault == Fault::Hang {
+            Duration::from_millis(1500)
+        } else {
+            Duration::from_secs(30)
+        };
+        let b = backend_with_timeout(&s, 1, timeout);
+        assert_eq!(go(&ps, b, dir.path(), 1, false).await, 6);
         let rs = records(dir.path());
         let failed: Vec<&Value> = rs
             .iter()
