@@ -309,3 +309,30 @@ pub fn conventions(s: &str) -> std::result::Result<mathcoder_grade::Dataset, Str
         )
     })
 }
+
+/// What every command that runs the generate/execute loop takes: the model, the loop's settings
+/// and the sandbox.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoopRunArgs {
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    #[command(flatten)]
+    pub looping: LoopArgs,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+impl LoopRunArgs {
+    /// Checks that the backend answers (at once, before anything slow), builds it for
+    /// `concurrency` requests in flight, provisions the sandbox, and returns them with the
+    /// loop's settings.
+    pub fn prepare(
+        &self,
+        concurrency: usize,
+    ) -> Result<(Arc<dyn mathcoder_llm::Backend>, Sandbox, SolveConfig)> {
+        self.backend.spec(concurrency).check_listening()?;
+        let backend = self.backend.build(concurrency)?;
+        let sandbox = self.sandbox.sandbox()?;
+        Ok((backend, sandbox, self.looping.config()))
+    }
+}

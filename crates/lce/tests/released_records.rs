@@ -11,20 +11,7 @@ fn files() -> Vec<PathBuf> {
         env!("CARGO_MANIFEST_DIR"),
         "/../../data/released-outputs"
     ));
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("vendored released outputs") {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().ends_with(".jsonl.gz") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
+    mathcoder_lce::record_files(&[root]).expect("vendored released outputs")
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use mathcoder_cli::args::{BackendArgs, GradeArgs, LoopArgs, SandboxArgs};
+use mathcoder_cli::args::{GradeArgs, LoopRunArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct SolveArgs {
@@ -20,11 +20,7 @@ pub struct SolveArgs {
     #[arg(long)]
     file: Option<PathBuf>,
     #[command(flatten)]
-    backend: BackendArgs,
-    #[command(flatten)]
-    looping: LoopArgs,
-    #[command(flatten)]
-    sandbox: SandboxArgs,
+    run: LoopRunArgs,
     /// Print the outcome as JSON instead of streaming it.
     #[arg(long)]
     json: bool,
@@ -64,11 +60,8 @@ pub fn solve(a: SolveArgs) -> Result<i32> {
         (Some(_), Some(_)) => bail!("give the question or --file, not both"),
         (None, None) => bail!("give a question, or --file PATH"),
     };
-    // Say at once when no server is running, before the sandbox is prepared.
-    a.backend.spec(1).check_listening()?;
-    let backend = a.backend.build(1)?;
-    let sandbox = a.sandbox.sandbox()?;
-    let config = a.looping.config();
+    // Says at once when no server is running, before the sandbox is prepared.
+    let (backend, sandbox, config) = a.run.prepare(1)?;
     let rt = tokio::runtime::Runtime::new()?;
     let mut term = Terminal {
         color: std::io::stdout().is_terminal(),
@@ -133,11 +126,7 @@ pub struct EvalArgs {
     #[arg(long, num_args = 1..)]
     reference: Vec<PathBuf>,
     #[command(flatten)]
-    backend: BackendArgs,
-    #[command(flatten)]
-    looping: LoopArgs,
-    #[command(flatten)]
-    sandbox: SandboxArgs,
+    run: LoopRunArgs,
     #[command(flatten)]
     grading: GradeArgs,
 }
@@ -156,11 +145,8 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         bail!("no problems to run");
     }
     // Nothing listening at the start: say so at once, rather than failing every problem.
-    a.backend.spec(a.concurrency).check_listening()?;
-    let backend = a.backend.build(a.concurrency)?;
-    let sandbox = a.sandbox.sandbox()?;
+    let (backend, sandbox, solve) = a.run.prepare(a.concurrency)?;
     let grader = Arc::new(Grader::new(a.grading.options()));
-    let solve = a.looping.config();
     let config = RunConfig {
         out: a.out.clone(),
         dataset: name.clone(),
