@@ -10,35 +10,12 @@
 
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mathcoder"))
-}
-
-/// `mathcoder-bench` (where the replay server lives), built beside `mathcoder` by
-/// `cargo test --workspace`.
-fn bench_bin() -> Command {
-    let path = Path::new(env!("CARGO_BIN_EXE_mathcoder"))
-        .with_file_name(format!("mathcoder-bench{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.is_file(),
-        "{} is missing: run the tests with `cargo test --workspace` (it builds mathcoder-bench)",
-        path.display()
-    );
-    Command::new(path)
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{bin, replay_server};
 
 const N: usize = 40;
 /// Kills after records were written (and before the last one) before the run may finish.
@@ -46,34 +23,6 @@ const MID_RUN_KILLS: usize = 3;
 /// A run that writes no record for this long is stuck: a hang detector, not a speed target (a
 /// healthy run writes one every few hundred milliseconds, its start-up takes a few seconds).
 const STALL: Duration = Duration::from_secs(120);
-
-/// Starts a replay server on a free port and returns it with its URL. The one place that knows
-/// how the server is started (`mathcoder-bench replay-server`).
-fn replay_server() -> (Killed, String) {
-    let data = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../data/released-outputs/MathCoder-L-7b/simuleq"
-    );
-    let mut child = bench_bin()
-        .args([
-            "replay-server",
-            data,
-            "--addr",
-            "127.0.0.1:0",
-            "--latency-ms",
-            "0.3",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("http://"), "{line:?}");
-    (Killed(child), line.trim().to_string())
-}
 
 /// `mathcoder eval` into `out`, its stderr into `log`.
 fn eval(url: &str, out: &Path, log: &Path) -> Command {
@@ -189,7 +138,7 @@ impl Rng {
 #[test]
 fn kill_9_at_random_moments_then_resume() {
     let t = Instant::now();
-    let (_server, url) = replay_server();
+    let (_server, url) = replay_server(0.3);
     let dir = tempfile::tempdir().unwrap();
     let (clean, killed) = (dir.path().join("clean"), dir.path().join("killed"));
     let log = |name: &str| -> PathBuf { dir.path().join(format!("{name}.stderr")) };

@@ -8,6 +8,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod common;
+
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mathcoder"));
     c.env("NO_COLOR", "1").env_remove("MATHCODER_DATA");
@@ -227,4 +229,44 @@ fn run_records_are_reported_from_their_stored_verdicts() {
     assert_eq!(stored["correct"], 1);
     let regraded = json(&["--regrade"]);
     assert_eq!(regraded["correct"], 0);
+}
+
+/// `eval`'s report on 30 SimulEq problems replayed from MathCoder-L-7B's recorded outputs (with
+/// real execution in the sandbox), and the same report when the finished run is resumed.
+#[test]
+fn eval_report_on_a_replayed_run() {
+    let (_server, url) = common::replay_server(0.0);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let eval = || {
+        bin()
+            .args([
+                "eval",
+                "--dataset",
+                "simuleq",
+                "--limit",
+                "30",
+                "--concurrency",
+                "4",
+            ])
+            .args(["--endpoint", &url, "--out"])
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let first = eval();
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        shown(&first, Some(dir.path()))
+    );
+    let again = eval();
+    assert_eq!(
+        first.stdout, again.stdout,
+        "a resumed finished run reports the same"
+    );
+    insta::assert_snapshot!(
+        String::from_utf8_lossy(&first.stdout).replace(&dir.path().display().to_string(), "[DIR]")
+    );
 }
