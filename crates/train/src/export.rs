@@ -21,7 +21,7 @@ struct TrlLine<'a> {
 }
 
 /// The rows of the first epoch, in the order training visits them.
-pub fn first_epoch<'a>(rows: &'a [Row], seed: u64) -> Vec<&'a Row> {
+pub fn first_epoch(rows: &[Row], seed: u64) -> Vec<&Row> {
     epoch_order(rows.len(), seed, 0)
         .into_iter()
         .map(|i| &rows[i])

@@ -19,10 +19,14 @@ use crate::tokenize::Instance;
 
 /// How instances share rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Packing {
+    /// Block-diagonal causal attention, positions restart per instance (the paper).
     #[default]
     Isolated,
+    /// The same rows, plainly causal (the authors' released script).
     Naive,
+    /// One instance per row, padded.
     None,
 }
 

@@ -40,6 +40,7 @@ impl MaskOptions {
 
 /// What happens to an instance longer than the sequence length.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Overlong {
     /// Left out of training (counted).
     #[default]

@@ -23,9 +23,10 @@ pub fn add_lce_tokens(tok: &mut Tokenizer) -> Result<usize, TrainError> {
     if missing.is_empty() {
         return Ok(0);
     }
-    tok.add_special_tokens(missing.clone())
+    let n = missing.len();
+    tok.add_special_tokens(missing)
         .map_err(|e| TrainError::Tokenizer(format!("adding MathCoder's tokens: {e}")))?;
-    Ok(missing.len())
+    Ok(n)
 }
 
 /// Grows the embedding (and untied output) rows of `vars` to `vocab` rows, the new rows the

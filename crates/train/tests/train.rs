@@ -69,7 +69,10 @@ fn loss_falls_and_resume_repeats_the_run_line_for_line() {
         eprintln!("{}", serde_json::to_string(l).unwrap());
         assert!(l.loss.is_finite() && l.grad_norm.is_finite() && l.tokens > 0);
     }
-    assert_eq!(log_a[0].lr, 0.0, "the first warm-up step has rate 0 (Hugging Face)");
+    assert_eq!(
+        log_a[0].lr, 0.0,
+        "the first warm-up step has rate 0 (Hugging Face)"
+    );
     assert!(
         log_a[5].loss < log_a[0].loss,
         "loss {} -> {}",
@@ -113,8 +116,16 @@ fn loss_falls_and_resume_repeats_the_run_line_for_line() {
     let row = &full.data.rows[0];
     let inst = &full.data.dataset.instances[row.instances[0]];
     let seq = &inst.ids[..inst.ids.len().min(64)];
-    let ids = Tensor::new(seq, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let ours = full.model.forward(&ids, None, None).unwrap().squeeze(0).unwrap();
+    let ids = Tensor::new(seq, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let ours = full
+        .model
+        .forward(&ids, None, None)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
     let mut cache = engine.new_cache();
     let mut steps = [mathcoder_engine::model::Step {
         cache: &mut cache,
@@ -130,8 +141,17 @@ fn loss_falls_and_resume_repeats_the_run_line_for_line() {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    let m = ours.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    eprintln!("engine vs trainer logits on the trained checkpoint: max|Δ| {d:.2e} (rel {:.2e})", d / m);
+    let m = ours
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    eprintln!(
+        "engine vs trainer logits on the trained checkpoint: max|Δ| {d:.2e} (rel {:.2e})",
+        d / m
+    );
     assert!(d / m < 1e-4);
 }
 
@@ -144,7 +164,13 @@ fn packings_differ_only_in_attention_and_positions_and_export_is_trains_order() 
     assert_eq!(iso.data.dataset.instances.len(), 16);
     assert_eq!(none.data.rows.len(), 16);
     assert!(iso.data.rows.len() < 16);
-    let ids = |t: &Trainer| t.data.rows.iter().map(|r| r.ids.clone()).collect::<Vec<_>>();
+    let ids = |t: &Trainer| {
+        t.data
+            .rows
+            .iter()
+            .map(|r| r.ids.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ids(&iso), ids(&naive));
     eprintln!(
         "svamp-16 at 512 tokens: {} isolated rows ({:.1}% non-padding), {} rows unpacked ({:.1}%)",
@@ -244,7 +270,11 @@ fn mathcoder_tokens_are_added_with_mean_rows_to_a_model_without_them() {
             .unwrap()
             .mean_keepdim(0)
             .unwrap();
-        let new = m.narrow(0, old_vocab, 8).unwrap().to_dtype(DType::F64).unwrap();
+        let new = m
+            .narrow(0, old_vocab, 8)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
         let d = new
             .broadcast_sub(&mean)
             .unwrap()
