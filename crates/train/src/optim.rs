@@ -128,9 +128,14 @@ pub fn cosine_lr(peak: f64, step: u64, warmup: u64, total: u64) -> f64 {
 /// `clip_grad_norm_`: the global L2 norm of `grads` (returned), and the grads scaled by
 /// `max_norm / (norm + 1e-6)` when that is below one.
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64, TrainError> {
+    // Summed in f64: an f32 running sum over a large embedding gradient is off by ~1e-5.
     let mut sq = 0f64;
     for g in grads.iter() {
-        sq += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+        sq += g
+            .to_dtype(candle_core::DType::F64)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
     }
     let norm = sq.sqrt();
     let coef = max_norm / (norm + 1e-6);

@@ -369,6 +369,11 @@ impl Trainer {
         Ok(())
     }
 
+    /// Names of the trained variables, in the order of [`Trainer::loss_and_grads`]'s gradients.
+    pub fn var_names(&self) -> Vec<String> {
+        self.opt.vars.iter().map(|(n, _)| n.clone()).collect()
+    }
+
     /// The rows of optimizer step `step` (1-based), in stream order.
     pub fn step_rows(&mut self, step: u64) -> Vec<usize> {
         let g = self.cfg.global_batch;
