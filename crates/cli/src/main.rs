@@ -40,7 +40,7 @@ enum Command {
     Bench(commands::bench::Args),
     /// Fine-tune a model in MathCoder's recipe (loss on text and code, packed, AdamW, cosine).
     Train(commands::train::TrainArgs),
-    /// Write tokenised, masked, packed training data for other trainers (`--format trl`).
+    /// Write tokenised, masked, packed training data for other trainers (`--format trl|axolotl`).
     Export(commands::train::ExportArgs),
 }
 

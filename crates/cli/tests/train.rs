@@ -61,6 +61,31 @@ fn export_trl_then_train_two_steps() {
     }
     assert_eq!(instances, 16);
 
+    let ax = tmp.path().join("axolotl.jsonl");
+    ok(common(
+        bin()
+            .args(["export", "--format", "axolotl", "--out"])
+            .arg(&ax),
+    ));
+    let convs: Vec<Value> = std::fs::read_to_string(&ax)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(convs.len(), 16);
+    for c in &convs {
+        let segs = c["segments"].as_array().unwrap();
+        assert_eq!(segs[0]["label"], false);
+        assert!(segs[0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("<s><|system|>"));
+        assert!(segs.iter().any(|s| s["label"] == true));
+        for s in segs.iter().filter(|s| s["label"] == false).skip(1) {
+            assert!(s["text"].as_str().unwrap().starts_with("<|execution|>"));
+        }
+    }
+
     let out = tmp.path().join("run");
     ok(common(bin().arg("train")).arg("--out").arg(&out).args([
         "--lr",

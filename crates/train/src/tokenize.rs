@@ -29,7 +29,8 @@ pub struct MaskOptions {
 }
 
 impl MaskOptions {
-    fn is_target(&self, kind: SpanKind) -> bool {
+    /// Whether a span of `kind` gets loss.
+    pub fn is_target(&self, kind: SpanKind) -> bool {
         match kind {
             SpanKind::Model => true,
             SpanKind::Execution => self.loss_on_execution,

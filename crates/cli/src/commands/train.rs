@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use mathcoder_cli::args::TrainDataArgs;
-use mathcoder_train::export::{first_epoch, write_trl};
+use mathcoder_train::export::{first_epoch, write_axolotl, write_trl};
 use mathcoder_train::tokenize::{Dataset, TrainTokenizer};
 use mathcoder_train::trainer::prepare;
 use mathcoder_train::{TrainConfig, Trainer};
@@ -136,6 +136,9 @@ pub fn train(a: TrainArgs) -> Result<i32> {
 pub enum ExportFormat {
     /// One packed sequence a line: input_ids, labels (-100: no loss), position_ids.
     Trl,
+    /// axolotl's `input_output`: one conversation a line, segments with `label: false` on the
+    /// prompt and executions (axolotl packs and filters by length itself).
+    Axolotl,
 }
 
 #[derive(clap::Args, Debug)]
@@ -149,21 +152,28 @@ pub struct ExportArgs {
 }
 
 pub fn export(a: ExportArgs) -> Result<i32> {
-    let (tok, added) = TrainTokenizer::load(&a.data.model)?;
-    if added > 0 {
-        eprintln!("added {added} MathCoder tokens to the tokenizer");
-    }
     let cfg = a.data.apply(defaults());
-    let p = prepare(&tok, &a.data.data, &cfg)?;
-    report(
-        &p.dataset,
-        p.rows.len(),
-        p.efficiency(cfg.seq_len),
-        cfg.seq_len,
-    );
     match a.format {
-        ExportFormat::Trl => write_trl(&first_epoch(&p.rows, cfg.seed), &a.out)?,
+        ExportFormat::Trl => {
+            let (tok, added) = TrainTokenizer::load(&a.data.model)?;
+            if added > 0 {
+                eprintln!("added {added} MathCoder tokens to the tokenizer");
+            }
+            let p = prepare(&tok, &a.data.data, &cfg)?;
+            report(
+                &p.dataset,
+                p.rows.len(),
+                p.efficiency(cfg.seq_len),
+                cfg.seq_len,
+            );
+            write_trl(&first_epoch(&p.rows, cfg.seed), &a.out)?;
+            eprintln!("wrote {} rows to {}", p.rows.len(), a.out.display());
+        }
+        ExportFormat::Axolotl => {
+            let convs = mathcoder_train::read_conversations(&a.data.data)?;
+            write_axolotl(&convs, cfg.mask, &a.out)?;
+            eprintln!("wrote {} conversations to {}", convs.len(), a.out.display());
+        }
     }
-    eprintln!("wrote {} rows to {}", p.rows.len(), a.out.display());
     Ok(0)
 }
