@@ -430,13 +430,17 @@ impl Trainer {
         if at.is_empty() {
             return Ok(None);
         }
-        let logits = self.model.forward(&ids, pos.as_ref(), mask.as_ref())?;
-        let (b, t, v) = logits.dims3()?;
+        // The output projection only where there is a target: no [b, t, vocab] logits.
+        let hidden = self
+            .model
+            .hidden_states(&ids, pos.as_ref(), mask.as_ref())?;
+        let (b, t, h) = hidden.dims3()?;
         let n = at.len();
         let at = Tensor::from_vec(at, n, &self.device)?;
         let target = Tensor::from_vec(target, (n, 1), &self.device)?;
-        let sel = logits.reshape((b * t, v))?.index_select(&at, 0)?;
-        let logp = candle_nn::ops::log_softmax(&sel, D::Minus1)?;
+        let sel = hidden.reshape((b * t, h))?.index_select(&at, 0)?;
+        let logits = self.model.logits(&sel)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         Ok(Some(logp.gather(&target, 1)?.sum_all()?.neg()?))
     }
 
