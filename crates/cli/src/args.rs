@@ -336,3 +336,57 @@ impl LoopRunArgs {
         Ok((backend, sandbox, self.looping.config()))
     }
 }
+
+fn train_defaults() -> mathcoder_train::TrainConfig {
+    mathcoder_train::TrainConfig::default()
+}
+
+/// What training data is and how it is tokenised, masked and packed (shared by `train` and
+/// `export`, so that both see the same rows in the same order).
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainDataArgs {
+    /// The base model: a Hugging Face checkpoint directory (config.json, safetensors or .bin,
+    /// tokenizer.json). MathCoder's eight tokens are added when its tokenizer lacks them.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Training records (JSONL, optionally .gz): the authors' training format (`messages` with
+    /// text/code/execution parts) or their released outputs (`debug_result`).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub data: PathBuf,
+    /// Tokens per packed sequence.
+    #[arg(long, default_value_t = train_defaults().seq_len)]
+    pub seq_len: usize,
+    /// `isolated` (block-diagonal attention, positions restart: the paper), `naive` (the same
+    /// rows, plain causal: the authors' released script), `none` (one instance per row).
+    #[arg(long, value_enum, default_value_t = train_defaults().packing)]
+    pub packing: mathcoder_train::Packing,
+    /// Put loss on execution blocks too (Table 5, rows 1-2).
+    #[arg(long)]
+    pub loss_on_execution: bool,
+    /// Put loss on the prompt (system and user messages) too.
+    #[arg(long)]
+    pub loss_on_prompt: bool,
+    /// Instances longer than --seq-len: `drop` them or `truncate` them to it (counted either way).
+    #[arg(long, value_enum, default_value_t = train_defaults().overlong)]
+    pub overlong: mathcoder_train::Overlong,
+    /// Seeds the packing and the data order.
+    #[arg(long, default_value_t = train_defaults().seed)]
+    pub seed: u64,
+}
+
+impl TrainDataArgs {
+    /// These settings over `base`.
+    pub fn apply(&self, base: mathcoder_train::TrainConfig) -> mathcoder_train::TrainConfig {
+        mathcoder_train::TrainConfig {
+            seq_len: self.seq_len,
+            packing: self.packing,
+            mask: mathcoder_train::MaskOptions {
+                loss_on_execution: self.loss_on_execution,
+                loss_on_prompt: self.loss_on_prompt,
+            },
+            overlong: self.overlong,
+            seed: self.seed,
+            ..base
+        }
+    }
+}

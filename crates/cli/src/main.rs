@@ -38,6 +38,10 @@ enum Command {
     /// (`sandbox`, `runtime`, `engine`, `grade`; `mathcoder bench --help` lists them).
     #[command(disable_help_flag = true)]
     Bench(commands::bench::Args),
+    /// Fine-tune a model in MathCoder's recipe (loss on text and code, packed, AdamW, cosine).
+    Train(commands::train::TrainArgs),
+    /// Write tokenised, masked, packed training data for other trainers (`--format trl|axolotl`).
+    Export(commands::train::ExportArgs),
 }
 
 fn main() {
@@ -54,6 +58,8 @@ fn main() {
         Command::Solve(a) => commands::run::solve(a),
         Command::Eval(a) => commands::run::eval(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Train(a) => commands::train::train(a),
+        Command::Export(a) => commands::train::export(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

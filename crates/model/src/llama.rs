@@ -135,6 +135,45 @@ impl Llama {
         position_ids: Option<&Tensor>,
         mask: Option<&Tensor>,
     ) -> Result<Tensor, ModelError> {
+        let h = self.hidden_states(ids, position_ids, mask)?;
+        self.logits(&h)
+    }
+
+    /// The output projection: f32 logits `[.., vocab]` of final hidden states `[.., hidden]`
+    /// (from [`Llama::hidden_states`]). A trainer applies it only at the positions that have a
+    /// target, which spares the `[b, t, vocab]` logits of the others.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let dims = hidden.dims().to_vec();
+        let Some((&h, lead)) = dims.split_last() else {
+            return Err(ModelError::Input(
+                "hidden states must not be a scalar".into(),
+            ));
+        };
+        if h != self.config.hidden_size {
+            return Err(ModelError::Input(format!(
+                "hidden states of width {h}, the model's is {}",
+                self.config.hidden_size
+            )));
+        }
+        let n: usize = lead.iter().product();
+        let mut out = lead.to_vec();
+        out.push(self.config.vocab_size);
+        Ok(hidden
+            .reshape((n, h))?
+            .matmul(&w.t()?)?
+            .reshape(out)?
+            .to_dtype(DType::F32)?)
+    }
+
+    /// Final hidden states `[b, t, hidden]` (after the last RMSNorm) at every position; the
+    /// arguments are those of [`Llama::forward`], which is this followed by [`Llama::logits`].
+    pub fn hidden_states(
+        &self,
+        ids: &Tensor,
+        position_ids: Option<&Tensor>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor, ModelError> {
         let c = &self.config;
         let (b, t) = ids.dims2().map_err(|_| {
             ModelError::Input(format!("ids must be [batch, seq], not {:?}", ids.dims()))
@@ -227,8 +266,7 @@ impl Llama {
             let mlp = (linear(&h, &l.gate)?.silu()? * linear(&h, &l.up)?)?;
             x = (x + linear(&mlp, &l.down)?)?;
         }
-        let x = rms_norm(&x, &self.norm, eps)?;
-        linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed))?.to_dtype(DType::F32)
+        rms_norm(&x, &self.norm, eps)
     }
 }
 

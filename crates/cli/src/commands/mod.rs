@@ -6,3 +6,4 @@ pub mod grade;
 pub mod run;
 pub mod sandbox;
 pub mod table2;
+pub mod train;

@@ -1,0 +1,179 @@
+//! `mathcoder train` and `mathcoder export`: argument parsing and progress only; the work is
+//! `mathcoder_train`'s.
+
+use anyhow::{bail, Result};
+use mathcoder_cli::args::TrainDataArgs;
+use mathcoder_train::export::{first_epoch, write_axolotl, write_trl};
+use mathcoder_train::tokenize::{Dataset, TrainTokenizer};
+use mathcoder_train::trainer::prepare;
+use mathcoder_train::{TrainConfig, Trainer};
+use std::path::PathBuf;
+
+fn defaults() -> TrainConfig {
+    TrainConfig::default()
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    data: TrainDataArgs,
+    /// Where log.jsonl and the checkpoints go.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = defaults().lr)]
+    lr: f64,
+    #[arg(long, default_value_t = defaults().warmup_steps)]
+    warmup_steps: u64,
+    #[arg(long, default_value_t = defaults().epochs)]
+    epochs: u64,
+    /// Sequences per optimizer step.
+    #[arg(long, default_value_t = defaults().global_batch)]
+    global_batch: usize,
+    /// Sequences per forward/backward pass (gradients are accumulated to --global-batch).
+    #[arg(long, default_value_t = defaults().micro_batch)]
+    micro_batch: usize,
+    /// Optimizer steps (the schedule's length); default: --epochs over the data.
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Gradient-norm clipping.
+    #[arg(long, default_value_t = defaults().max_grad_norm)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = defaults().adamw.weight_decay)]
+    weight_decay: f64,
+    /// Write a checkpoint every N steps (OUT/checkpoint-N).
+    #[arg(long)]
+    save_every: Option<u64>,
+    /// Stop after step N with a checkpoint, as an interrupted run (the schedule stays the whole run's).
+    #[arg(long)]
+    stop_after: Option<u64>,
+    /// Continue the run a checkpoint of it was written by (weights, optimizer, data position).
+    #[arg(long, value_name = "CHECKPOINT")]
+    resume: Option<PathBuf>,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn report(d: &Dataset, rows: usize, efficiency: f64, seq_len: usize) {
+    eprintln!(
+        "{} records -> {} instances ({} over {seq_len} tokens dropped, {} truncated, {} without targets dropped) -> {rows} rows, {:.1}% non-padding",
+        d.records,
+        d.instances.len(),
+        d.dropped_overlong,
+        d.truncated,
+        d.dropped_no_target,
+        100.0 * efficiency
+    );
+}
+
+pub fn train(a: TrainArgs) -> Result<i32> {
+    if let Some(n) = a.threads {
+        // candle's CPU kernels read this when they first run.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    let d = defaults();
+    let cfg = a.data.apply(TrainConfig {
+        lr: a.lr,
+        warmup_steps: a.warmup_steps,
+        epochs: a.epochs,
+        global_batch: a.global_batch,
+        micro_batch: a.micro_batch,
+        max_steps: a.max_steps,
+        max_grad_norm: a.max_grad_norm,
+        adamw: mathcoder_train::optim::AdamWParams {
+            weight_decay: a.weight_decay,
+            ..d.adamw
+        },
+        save_every: a.save_every,
+        stop_after: a.stop_after,
+        ..d
+    });
+    let mut t = Trainer::new(&a.data.model, &a.data.data, cfg, a.resume.as_deref())?;
+    if t.added_tokens > 0 {
+        eprintln!(
+            "added {} MathCoder tokens to the tokenizer; embedding rows initialised to the mean",
+            t.added_tokens
+        );
+    }
+    report(
+        &t.data.dataset,
+        t.data.rows.len(),
+        t.data.efficiency(t.cfg.seq_len),
+        t.cfg.seq_len,
+    );
+    let pb = mathcoder_cli::progress::bar(t.total_steps, "train");
+    pb.set_position(t.step);
+    let (mut tokens, mut seconds) = (0usize, 0f64);
+    let last = t.run(&a.out, |l| {
+        tokens += l.tokens;
+        seconds += l.seconds;
+        pb.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.0} tok/s",
+            l.loss,
+            l.lr,
+            tokens as f64 / seconds.max(1e-9)
+        ));
+        pb.inc(1);
+    })?;
+    pb.finish_and_clear();
+    let Some(l) = t.log.last() else {
+        bail!("no step was taken");
+    };
+    eprintln!(
+        "step {}/{}: loss {:.4}; {:.0} tokens/s over this session; checkpoint {}",
+        l.step,
+        t.total_steps,
+        l.loss,
+        tokens as f64 / seconds.max(1e-9),
+        last.display()
+    );
+    Ok(0)
+}
+
+/// Trainers the packed data can be written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// One packed sequence a line: input_ids, labels (-100: no loss), position_ids.
+    Trl,
+    /// axolotl's `input_output`: one conversation a line, segments with `label: false` on the
+    /// prompt and executions (axolotl packs and filters by length itself).
+    Axolotl,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    data: TrainDataArgs,
+    #[arg(long, value_enum)]
+    format: ExportFormat,
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+pub fn export(a: ExportArgs) -> Result<i32> {
+    let cfg = a.data.apply(defaults());
+    match a.format {
+        ExportFormat::Trl => {
+            let (tok, added) = TrainTokenizer::load(&a.data.model)?;
+            if added > 0 {
+                eprintln!("added {added} MathCoder tokens to the tokenizer");
+            }
+            let p = prepare(&tok, &a.data.data, &cfg)?;
+            report(
+                &p.dataset,
+                p.rows.len(),
+                p.efficiency(cfg.seq_len),
+                cfg.seq_len,
+            );
+            write_trl(&first_epoch(&p.rows, cfg.seed), &a.out)?;
+            eprintln!("wrote {} rows to {}", p.rows.len(), a.out.display());
+        }
+        ExportFormat::Axolotl => {
+            let convs = mathcoder_train::read_conversations(&a.data.data)?;
+            write_axolotl(&convs, cfg.mask, &a.out)?;
+            eprintln!("wrote {} conversations to {}", convs.len(), a.out.display());
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,121 @@
+//! `mathcoder train` and `mathcoder export` end to end on the engine's tiny checkpoint and the
+//! train crate's record fixture.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mathcoder"))
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn common(cmd: &mut Command) -> &mut Command {
+    cmd.arg("--model")
+        .arg(root().join("engine/tests/fixtures/llama2-tiny"))
+        .arg("--data")
+        .arg(root().join("train/tests/fixtures/svamp-16.jsonl"))
+        .args(["--seq-len", "512", "--packing", "isolated", "--seed", "3"])
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    err
+}
+
+#[test]
+fn export_trl_then_train_two_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trl = tmp.path().join("trl.jsonl");
+    let err = ok(common(
+        bin().args(["export", "--format", "trl", "--out"]).arg(&trl),
+    ));
+    assert!(err.contains("16 records -> 16 instances"), "{err}");
+    let lines: Vec<Value> = std::fs::read_to_string(&trl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty() && lines.len() < 16);
+    let mut instances = 0;
+    for l in &lines {
+        let ids = l["input_ids"].as_array().unwrap();
+        let labels = l["labels"].as_array().unwrap();
+        let pos = l["position_ids"].as_array().unwrap();
+        assert!(ids.len() <= 512 && ids.len() == labels.len() && ids.len() == pos.len());
+        for (i, p) in pos.iter().enumerate() {
+            if p == 0 {
+                instances += 1;
+                assert_eq!(ids[i], 1, "an instance starts with <s>");
+                assert_eq!(labels[i], -100);
+            } else {
+                assert_eq!(p.as_u64().unwrap(), pos[i - 1].as_u64().unwrap() + 1);
+            }
+            assert!(labels[i] == -100 || labels[i] == ids[i]);
+        }
+    }
+    assert_eq!(instances, 16);
+
+    let ax = tmp.path().join("axolotl.jsonl");
+    ok(common(
+        bin()
+            .args(["export", "--format", "axolotl", "--out"])
+            .arg(&ax),
+    ));
+    let convs: Vec<Value> = std::fs::read_to_string(&ax)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(convs.len(), 16);
+    for c in &convs {
+        let segs = c["segments"].as_array().unwrap();
+        assert_eq!(segs[0]["label"], false);
+        assert!(segs[0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("<s><|system|>"));
+        assert!(segs.iter().any(|s| s["label"] == true));
+        for s in segs.iter().filter(|s| s["label"] == false).skip(1) {
+            assert!(s["text"].as_str().unwrap().starts_with("<|execution|>"));
+        }
+    }
+
+    let out = tmp.path().join("run");
+    ok(common(bin().arg("train")).arg("--out").arg(&out).args([
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "1",
+        "--global-batch",
+        "2",
+        "--micro-batch",
+        "1",
+        "--max-steps",
+        "2",
+        "--threads",
+        "2",
+    ]));
+    let log: Vec<Value> = std::fs::read_to_string(out.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(log.len(), 2);
+    for key in ["step", "loss", "lr", "tokens", "grad_norm", "seconds"] {
+        assert!(log[1].get(key).is_some(), "{key}");
+    }
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "trainer_state.json",
+    ] {
+        assert!(out.join("checkpoint-2").join(f).exists(), "{f}");
+    }
+}
