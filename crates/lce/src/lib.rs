@@ -5,7 +5,7 @@
 //! written down: the eight special tokens ([`tokens`]), the [`Block`] type, the prompt template
 //! ([`prompt`]), which bytes of a rendered conversation the model writes ([`span`]), parsing
 //! raw model text into blocks ([`parse`]), and the authors' JSONL record formats ([`record`],
-//! [`pyjson`]).
+//! [`pyjson`]) and their training format ([`train_format`]).
 //!
 //! It depends on nothing else in the workspace and performs no I/O beyond reading record files.
 
@@ -17,6 +17,7 @@ pub mod record;
 pub mod run;
 pub mod span;
 pub mod tokens;
+pub mod train_format;
 
 pub use block::{render_blocks, Block, BlockKind};
 pub use parse::{parse_blocks, parse_round, ParseWarning, ParsedOutput};
@@ -25,3 +26,4 @@ pub use record::{DebugEntry, GroundTruth, OutputRecord, RecordError, TestRecord}
 pub use run::{RunInfo, RunRecord, StopReason, StoredVerdict};
 pub use span::{Rendered, Span, SpanKind};
 pub use tokens::SpecialToken;
+pub use train_format::{Acceptance, Provenance, TrainFormatError, TrainRecord};
