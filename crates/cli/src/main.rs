@@ -38,6 +38,8 @@ enum Command {
     /// (`sandbox`, `runtime`, `engine`, `grade`; `mathcoder bench --help` lists them).
     #[command(disable_help_flag = true)]
     Bench(commands::bench::Args),
+    /// Build MathCodeInstruct training data (`seed`, `merge`).
+    Data(commands::data::Args),
 }
 
 fn main() {
@@ -54,6 +56,7 @@ fn main() {
         Command::Solve(a) => commands::run::solve(a),
         Command::Eval(a) => commands::run::eval(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Data(a) => commands::data::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1,0 +1,180 @@
+//! `mathcoder data seed` (the offline annotations teacher, real sandbox) killed with SIGKILL at
+//! random moments, then resumed: every attempt is in attempts.jsonl exactly once, every kept
+//! solution in data.jsonl exactly once, and both equal an uninterrupted run's. And `data merge`
+//! removing a planted test problem and a duplicate.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mathcoder"))
+}
+
+const N: usize = 150;
+
+fn seed(out: &Path) -> Command {
+    let mut c = bin();
+    c.args([
+        "data",
+        "seed",
+        "--source",
+        "gsm8k-train",
+        "--teacher",
+        "annotations",
+    ])
+    .args(["--limit", &N.to_string(), "--concurrency", "4", "--out"])
+    .arg(out)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    c
+}
+
+fn keyed(path: &Path, key: impl Fn(&Value) -> String) -> BTreeMap<String, Value> {
+    let mut m = BTreeMap::new();
+    for l in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        let k = key(&v);
+        assert!(m.insert(k.clone(), v).is_none(), "{k} appears twice");
+    }
+    m
+}
+
+fn data(out: &Path) -> BTreeMap<String, Value> {
+    keyed(&out.join("data.jsonl"), |v| {
+        format!(
+            "{}#{}",
+            v["provenance"]["problem_id"].as_str().unwrap(),
+            v["provenance"]["sample"]
+        )
+    })
+}
+
+fn attempts(out: &Path) -> BTreeMap<String, Value> {
+    keyed(&out.join("attempts.jsonl"), |v| {
+        format!("{}#{}", v["problem_id"].as_str().unwrap(), v["sample"])
+    })
+}
+
+fn lines(out: &Path) -> usize {
+    std::fs::read_to_string(out.join("attempts.jsonl"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn seed_kill_9_then_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clean, killed) = (dir.path().join("clean"), dir.path().join("killed"));
+    let t = Instant::now();
+    let out = seed(&clean).stdout(Stdio::piped()).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let uninterrupted = t.elapsed();
+    let clean_data = data(&clean);
+    assert_eq!(attempts(&clean).len(), N);
+    assert!(clean_data.len() > N / 2, "kept {}", clean_data.len());
+    // Every kept line is the authors' format with a verdict.
+    for v in clean_data.values() {
+        let roles: Vec<&str> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["system", "user", "assistant"]);
+        assert_eq!(v["provenance"]["acceptance"]["correct"], true);
+        assert_eq!(v["provenance"]["teacher"], "annotations");
+    }
+
+    let mut rng = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("seed {rng}, uninterrupted run {uninterrupted:?}");
+    let (mut kills, mut mid_run) = (0, 0);
+    let finished = loop {
+        assert!(kills < 40, "the run never finished");
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let frac = (rng >> 33) as f64 / (1u64 << 31) as f64;
+        let delay = uninterrupted.mul_f64(0.3 + 0.6 * frac);
+        let before = lines(&killed);
+        let mut child = seed(&killed).spawn().unwrap();
+        std::thread::sleep(delay);
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        let after = lines(&killed);
+        if after > before && after < N {
+            mid_run += 1;
+        }
+        if mid_run >= 3 {
+            break seed(&killed).status().unwrap();
+        }
+    };
+    assert!(finished.success());
+    eprintln!("{kills} kills, {mid_run} while records were being written");
+    assert!(mid_run >= 1, "no kill landed mid-run");
+    assert_eq!(data(&killed), clean_data);
+    let strip = |m: BTreeMap<String, Value>| -> BTreeMap<String, Value> {
+        m.into_iter()
+            .map(|(k, mut v)| {
+                v.as_object_mut().unwrap().remove("detail");
+                (k, v)
+            })
+            .collect()
+    };
+    assert_eq!(strip(attempts(&killed)), strip(attempts(&clean)));
+
+    // A second run with other settings in the same directory is refused.
+    let out = seed(&killed)
+        .args(["--samples", "2"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("different settings"));
+
+    // Merge: the seed data, plus a planted GSM8K test problem and a duplicate of a kept one.
+    let mut planted: Value = clean_data.values().next().unwrap().clone();
+    let test = &mathcoder_test_problem();
+    planted["messages"][1]["content"][0]["content"] = Value::from(test.as_str());
+    planted["provenance"]["problem_id"] = Value::from("planted-1");
+    let mut dup: Value = clean_data.values().nth(1).unwrap().clone();
+    dup["provenance"]["source"] = Value::from("elsewhere");
+    let extra = dir.path().join("extra.jsonl");
+    std::fs::write(&extra, format!("{planted}\n{dup}\n")).unwrap();
+    let merged = dir.path().join("merged.jsonl");
+    let out = bin()
+        .args(["data", "merge"])
+        .arg(clean.join("data.jsonl"))
+        .arg(&extra)
+        .arg("--out")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("planted-1): test-set problem: gsm8k"),
+        "{text}"
+    );
+    assert!(text.contains("duplicate of gsm8k-train"), "{text}");
+    // Train problems of the seed data may be removed too (gsm8k-train-21 is GSM-Hard's 459 with
+    // other numbers); nothing else is.
+    let from_seed = text.matches("clean/data.jsonl:").count();
+    let kept = std::fs::read_to_string(&merged).unwrap().lines().count();
+    assert_eq!(kept, clean_data.len() - from_seed, "{text}");
+    assert!(from_seed <= 2, "{text}");
+}
+
+/// The first GSM8K test problem (Janet's ducks), as vendored.
+fn mathcoder_test_problem() -> String {
+    "Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for her friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh duck egg. How much in dollars does she make every day at the farmers' market?".to_string()
+}
