@@ -178,3 +178,104 @@ fn seed_kill_9_then_resume() {
 fn mathcoder_test_problem() -> String {
     "Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for her friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh duck egg. How much in dollars does she make every day at the farmers' market?".to_string()
 }
+
+/// `mathcoder-bench` (the replay server), built beside `mathcoder` by `cargo test --workspace`.
+fn bench_bin() -> Command {
+    let path = Path::new(env!("CARGO_BIN_EXE_mathcoder"))
+        .with_file_name(format!("mathcoder-bench{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` (it builds mathcoder-bench)",
+        path.display()
+    );
+    Command::new(path)
+}
+
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The LCE teacher: MathCoder-L-7B's released GSM8K outputs replayed as the model, on the first
+/// 20 GSM8K test problems. Kept solutions are exactly the problems whose replayed final answer
+/// our grader judges equal to the gold, with the LCE teacher's provenance.
+#[test]
+fn seed_with_the_lce_teacher_on_replayed_outputs() {
+    use std::io::{BufRead, BufReader};
+    let data_dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../data/released-outputs/MathCoder-L-7b/GSM8K"
+    );
+    let mut child = bench_bin()
+        .args(["replay-server", data_dir, "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut url)
+        .unwrap();
+    let _server = Killed(child);
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args([
+            "data",
+            "seed",
+            "--source",
+            "gsm8k",
+            "--teacher",
+            "lce",
+            "--limit",
+            "20",
+        ])
+        .args(["--concurrency", "4", "--endpoint", url.trim(), "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let kept = data(dir.path());
+    let tried = attempts(dir.path());
+    assert_eq!(tried.len(), 20);
+    let kept_attempts = tried.values().filter(|a| a["outcome"] == "kept").count();
+    assert_eq!(kept.len(), kept_attempts);
+    // The authors judged the same problems correct: kept = those in their `-correct` file.
+    let mut correct = std::collections::HashSet::new();
+    for f in std::fs::read_dir(data_dir).unwrap() {
+        let f = f.unwrap().path();
+        if f.to_string_lossy().contains("-correct") {
+            for n in mathcoder_lce::record::read_jsonl::<mathcoder_lce::OutputRecord>(&f).unwrap() {
+                correct.insert(n.record.question());
+            }
+        }
+    }
+    let first: Vec<_> = mathcoder_datasets::Benchmark::Gsm8k.load().unwrap()[..20].to_vec();
+    let expected: std::collections::BTreeSet<String> = first
+        .iter()
+        .filter(|p| correct.contains(&p.question))
+        .map(|p| format!("{}#0", p.id))
+        .collect();
+    assert_eq!(
+        kept.keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        expected
+    );
+    for v in kept.values() {
+        assert!(v["provenance"]["teacher"]
+            .as_str()
+            .unwrap()
+            .starts_with("lce:"));
+        assert_eq!(v["provenance"]["acceptance"]["correct"], true);
+        let blocks = v["messages"][2]["content"].as_array().unwrap();
+        assert!(blocks.iter().any(|b| b["type"] == "execution"));
+    }
+    eprintln!(
+        "lce teacher on 20 replayed GSM8K problems: kept {}, {}",
+        kept.len(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

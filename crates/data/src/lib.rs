@@ -7,6 +7,7 @@
 //! records are appended and fsynced one at a time, `run.json` holds the run's identity.
 
 pub mod annotations;
+pub mod lce_teacher;
 pub mod merge;
 pub mod seed;
 
@@ -15,6 +16,7 @@ use mathcoder_lce::Block;
 use std::future::Future;
 
 pub use annotations::AnnotationsTeacher;
+pub use lce_teacher::LceTeacher;
 
 /// Why a teacher produced no solution for a problem. Per-problem: recorded, never fatal to a run.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -45,8 +47,8 @@ impl TeacherSolution {
 }
 
 /// Writes LCE solutions to problems. Implementations: [`AnnotationsTeacher`] (offline, GSM8K
-/// annotations); an LCE model through the solve loop and a chat model with a code interpreter
-/// are the next ones.
+/// annotations) and [`LceTeacher`] (an LCE model through the solve loop); a chat model with a
+/// code interpreter is the next one.
 pub trait Teacher: Send + Sync + 'static {
     /// How the teacher names itself in provenance and `run.json`.
     fn describe(&self) -> String;

@@ -4,14 +4,14 @@
 use anyhow::{bail, Result};
 use mathcoder_data::merge::{MergeConfig, TestSets};
 use mathcoder_data::seed::{AttemptOutcome, Event, SeedConfig};
-use mathcoder_data::AnnotationsTeacher;
+use mathcoder_data::{AnnotationsTeacher, LceTeacher, Teacher};
 use mathcoder_grade::{Dataset, Grader};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use mathcoder_cli::args::{GradeArgs, SandboxArgs};
+use mathcoder_cli::args::{BackendArgs, GradeArgs, LoopArgs, SandboxArgs};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum DataCommand {
@@ -33,6 +33,9 @@ pub struct Args {
 pub enum TeacherKind {
     /// GSM8K's calculator annotations as code, executed in the sandbox (no model).
     Annotations,
+    /// An LCE (MathCoder-format) model through the solve loop (backend flags: `--endpoint`,
+    /// `--backend`, `--model`; sampling: `--temperature`, `--seed`).
+    Lce,
 }
 
 #[derive(clap::Args, Debug)]
@@ -54,14 +57,15 @@ pub struct SeedArgs {
     /// Solutions per problem (seeds seed, seed+1, ...).
     #[arg(long, default_value_t = 1)]
     samples: usize,
-    #[arg(long)]
-    seed: Option<u64>,
     /// Problems worked on at once.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// The system prompt written into every record.
-    #[arg(long, default_value = mathcoder_lce::DEFAULT_SYSTEM_PROMPT)]
-    system_prompt: String,
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// The loop's settings (`--seed`, `--temperature`; `--system-prompt` is written into every
+    /// record, whichever the teacher).
+    #[command(flatten)]
+    looping: LoopArgs,
     #[command(flatten)]
     sandbox: SandboxArgs,
     #[command(flatten)]
@@ -101,20 +105,42 @@ fn seed(a: SeedArgs) -> Result<i32> {
     if problems.is_empty() {
         bail!("no problems to run");
     }
+    if a.teacher == TeacherKind::Lce {
+        // Nothing listening: say so at once, before the sandbox is prepared.
+        a.backend.spec(a.concurrency).check_listening()?;
+    }
     let sandbox = a.sandbox.sandbox()?;
     let grader = Arc::new(Grader::new(a.grading.options()));
+    let solve = a.looping.config();
     let config = SeedConfig {
         out: a.out.clone(),
         source: name,
         samples: a.samples,
-        seed: a.seed,
+        seed: solve.seed,
         concurrency: a.concurrency,
         conventions,
-        system: a.system_prompt.clone(),
+        system: solve.template.system.clone(),
     };
-    let teacher = match a.teacher {
-        TeacherKind::Annotations => Arc::new(AnnotationsTeacher::new(sandbox)),
-    };
+    match a.teacher {
+        TeacherKind::Annotations => {
+            let teacher = Arc::new(AnnotationsTeacher::new(sandbox));
+            run_seed(&a, &problems, teacher, grader, &config)
+        }
+        TeacherKind::Lce => {
+            let backend = a.backend.build(a.concurrency)?;
+            let teacher = Arc::new(LceTeacher::new(backend, sandbox, solve));
+            run_seed(&a, &problems, teacher, grader, &config)
+        }
+    }
+}
+
+fn run_seed<T: Teacher>(
+    a: &SeedArgs,
+    problems: &[mathcoder_datasets::Problem],
+    teacher: Arc<T>,
+    grader: Arc<Grader>,
+    config: &SeedConfig,
+) -> Result<i32> {
     let pb = mathcoder_cli::progress::bar(0, "seeding");
     let (kept, finished) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (pbc, k2, f2) = (pb.clone(), kept.clone(), finished.clone());
@@ -138,7 +164,7 @@ fn seed(a: SeedArgs) -> Result<i32> {
     let start = std::time::Instant::now();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(mathcoder_data::seed::seed(
-        &problems, teacher, grader, &config, progress,
+        problems, teacher, grader, config, progress,
     ))?;
     pb.finish_and_clear();
     let s = mathcoder_data::seed::stats(&a.out)?;
