@@ -199,6 +199,82 @@ impl Drop for Killed {
     }
 }
 
+fn replay(dir: &str) -> (Killed, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = bench_bin()
+        .args(["replay-server", dir, "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut url)
+        .unwrap();
+    (Killed(child), url.trim().to_string())
+}
+
+/// `data distill` on problems without gold answers (the first 20 GSM8K test questions), the
+/// replay server as the LCE teacher: its 3 samples are the same recorded solution, so every
+/// problem whose final answer can be read agrees 3/3 and is kept once; a run over the first 10
+/// then over all 20 resumes without duplicates.
+#[test]
+fn distill_keeps_agreeing_problems_and_resumes() {
+    let (_server, url) = replay(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../data/released-outputs/MathCoder-L-7b/GSM8K"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let problems = dir.path().join("new_problems.jsonl");
+    let mut text = String::new();
+    for (i, p) in mathcoder_datasets::Benchmark::Gsm8k.load().unwrap()[..20]
+        .iter()
+        .enumerate()
+    {
+        text.push_str(
+            &serde_json::json!({"id": format!("new-{i}"), "dataset": "interpolated", "question": p.question, "answer": null})
+                .to_string(),
+        );
+        text.push('\n');
+    }
+    std::fs::write(&problems, text).unwrap();
+    let out = dir.path().join("d1");
+    let run = |limit: &str| {
+        bin()
+            .args(["data", "distill", "--problems"])
+            .arg(&problems)
+            .args(["--teacher", "lce", "--samples", "3", "--limit", limit])
+            .args(["--conventions", "gsm8k", "--endpoint", &url, "--out"])
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let first = run("10");
+    assert!(first.status.success(), "{first:?}");
+    assert_eq!(attempts(&out).len(), 10);
+    let second = run("20");
+    assert!(second.status.success(), "{second:?}");
+    let tried = keyed(&out.join("attempts.jsonl"), |v| {
+        v["problem_id"].as_str().unwrap().to_string()
+    });
+    assert_eq!(tried.len(), 20);
+    let kept = keyed(&out.join("data.jsonl"), |v| {
+        v["provenance"]["problem_id"].as_str().unwrap().to_string()
+    });
+    let agreed = tried.values().filter(|a| a["outcome"] == "kept").count();
+    assert_eq!(kept.len(), agreed);
+    assert!(agreed >= 18, "{}", String::from_utf8_lossy(&second.stdout));
+    for v in kept.values() {
+        let acc = &v["provenance"]["acceptance"];
+        assert_eq!(acc["kind"], "agreement");
+        assert_eq!(
+            (acc["samples"].as_u64(), acc["agreeing"].as_u64()),
+            (Some(3), Some(3))
+        );
+    }
+    eprintln!("{}", String::from_utf8_lossy(&second.stdout));
+}
+
 /// The LCE teacher: MathCoder-L-7B's released GSM8K outputs replayed as the model, on the first
 /// 20 GSM8K test problems. Kept solutions are exactly the problems whose replayed final answer
 /// our grader judges equal to the gold, with the LCE teacher's provenance.

@@ -7,6 +7,7 @@
 //! records are appended and fsynced one at a time, `run.json` holds the run's identity.
 
 pub mod annotations;
+pub mod distill;
 pub mod lce_teacher;
 pub mod merge;
 pub mod seed;

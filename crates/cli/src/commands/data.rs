@@ -2,6 +2,7 @@
 //! is `mathcoder-data`'s).
 
 use anyhow::{bail, Result};
+use mathcoder_data::distill::DistillConfig;
 use mathcoder_data::merge::{MergeConfig, TestSets};
 use mathcoder_data::seed::{AttemptOutcome, Event, SeedConfig};
 use mathcoder_data::{AnnotationsTeacher, LceTeacher, Teacher};
@@ -17,7 +18,10 @@ use mathcoder_cli::args::{BackendArgs, GradeArgs, LoopArgs, SandboxArgs};
 pub enum DataCommand {
     /// D0: teacher solutions to train problems, kept when the final answer equals the gold
     /// (DIR/data.jsonl; resumable).
-    Seed(SeedArgs),
+    Seed(Box<SeedArgs>),
+    /// D1: n solutions per problem from a teacher, kept when all n final answers are
+    /// mathematically equivalent (DIR/data.jsonl; resumable).
+    Distill(Box<DistillArgs>),
     /// D = the union of training files, duplicate and test-set problems removed.
     Merge(MergeArgs),
 }
@@ -73,6 +77,125 @@ pub struct SeedArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct DistillArgs {
+    /// A JSONL file of problems (gold answers not needed), or a dataset name.
+    #[arg(long)]
+    problems: String,
+    #[arg(long, value_enum)]
+    teacher: TeacherKind,
+    /// Answer conventions for judging equivalence (default: from the name or path).
+    #[arg(long, value_parser = mathcoder_cli::args::conventions)]
+    conventions: Option<Dataset>,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Solutions per problem that must agree (the paper: 3).
+    #[arg(long, default_value_t = 3)]
+    samples: usize,
+    /// Keep all agreeing solutions of a problem (default: the first).
+    #[arg(long)]
+    keep_all: bool,
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    #[command(flatten)]
+    backend: BackendArgs,
+    #[command(flatten)]
+    looping: LoopArgs,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+    #[command(flatten)]
+    grading: GradeArgs,
+}
+
+fn distill(a: DistillArgs) -> Result<i32> {
+    let set = mathcoder_datasets::resolve(&a.problems)?;
+    let (name, mut problems) = (set.name, set.problems);
+    let conventions = a
+        .conventions
+        .or(set.conventions)
+        .unwrap_or(Dataset::Generic);
+    if let Some(k) = a.limit {
+        problems.truncate(k);
+    }
+    if problems.is_empty() {
+        bail!("no problems to run");
+    }
+    if a.teacher == TeacherKind::Lce {
+        a.backend.spec(a.concurrency).check_listening()?;
+    }
+    let sandbox = a.sandbox.sandbox()?;
+    let grader = Arc::new(Grader::new(a.grading.options()));
+    let solve = a.looping.config();
+    let config = DistillConfig {
+        out: a.out.clone(),
+        source: name,
+        samples: a.samples,
+        seed: solve.seed,
+        concurrency: a.concurrency,
+        conventions,
+        system: solve.template.system.clone(),
+        keep_all: a.keep_all,
+    };
+    let (pb, progress) = bar("distilling");
+    let start = std::time::Instant::now();
+    let rt = tokio::runtime::Runtime::new()?;
+    match a.teacher {
+        TeacherKind::Annotations => {
+            let teacher = Arc::new(AnnotationsTeacher::new(sandbox));
+            rt.block_on(mathcoder_data::distill::distill(
+                &problems, teacher, grader, &config, progress,
+            ))?
+        }
+        TeacherKind::Lce => {
+            let backend = a.backend.build(a.concurrency)?;
+            let teacher = Arc::new(LceTeacher::new(backend, sandbox, solve));
+            rt.block_on(mathcoder_data::distill::distill(
+                &problems, teacher, grader, &config, progress,
+            ))?
+        }
+    };
+    pb.finish_and_clear();
+    let s = mathcoder_data::seed::stats(&a.out)?;
+    writeln!(
+        std::io::stdout().lock(),
+        "{}: {} problems in {:.1} s; all {} answers agree on {} ({} disagree, {} failed); data: {}",
+        config.source,
+        s.problems,
+        start.elapsed().as_secs_f64(),
+        config.samples,
+        s.count(AttemptOutcome::Kept),
+        s.count(AttemptOutcome::Wrong),
+        s.count(AttemptOutcome::Failed) + s.count(AttemptOutcome::Unconverted),
+        mathcoder_data::seed::data_path(&a.out).display()
+    )?;
+    Ok(0)
+}
+
+/// A progress bar and the callback that drives it.
+fn bar(what: &'static str) -> (indicatif::ProgressBar, Arc<dyn Fn(Event) + Send + Sync>) {
+    let pb = mathcoder_cli::progress::bar(0, what);
+    let (kept, finished) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let pbc = pb.clone();
+    let progress: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(move |e| match e {
+        Event::Start { done, todo } => {
+            pbc.set_length(todo as u64);
+            if done > 0 {
+                pbc.println(format!("resuming: {done} already done, {todo} to go"));
+            }
+        }
+        Event::Finished(o) => {
+            let k = (o == AttemptOutcome::Kept) as usize;
+            let n = finished.fetch_add(1, Ordering::SeqCst) + 1;
+            let k = kept.fetch_add(k, Ordering::SeqCst) + k;
+            pbc.set_message(format!("{what}, kept {k}/{n}"));
+            pbc.inc(1);
+        }
+    });
+    (pb, progress)
+}
+
+#[derive(clap::Args, Debug)]
 pub struct MergeArgs {
     /// Training files (the authors' format with provenance, e.g. DIR/data.jsonl of `seed`).
     #[arg(required = true, num_args = 1..)]
@@ -87,7 +210,8 @@ pub struct MergeArgs {
 
 pub fn run(a: Args) -> Result<i32> {
     match a.command {
-        DataCommand::Seed(a) => seed(a),
+        DataCommand::Seed(a) => seed(*a),
+        DataCommand::Distill(a) => distill(*a),
         DataCommand::Merge(a) => merge(a),
     }
 }
@@ -141,26 +265,7 @@ fn run_seed<T: Teacher>(
     grader: Arc<Grader>,
     config: &SeedConfig,
 ) -> Result<i32> {
-    let pb = mathcoder_cli::progress::bar(0, "seeding");
-    let (kept, finished) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (pbc, k2, f2) = (pb.clone(), kept.clone(), finished.clone());
-    let progress: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(move |e| match e {
-        Event::Start { done, todo } => {
-            pbc.set_length(todo as u64);
-            if done > 0 {
-                pbc.println(format!(
-                    "resuming: {done} attempts already done, {todo} to go"
-                ));
-            }
-        }
-        Event::Finished(o) => {
-            let n = f2.fetch_add(1, Ordering::SeqCst) + 1;
-            let k = k2.fetch_add((o == AttemptOutcome::Kept) as usize, Ordering::SeqCst)
-                + (o == AttemptOutcome::Kept) as usize;
-            pbc.set_message(format!("seeding, kept {k}/{n}"));
-            pbc.inc(1);
-        }
-    });
+    let (pb, progress) = bar("seeding");
     let start = std::time::Instant::now();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(mathcoder_data::seed::seed(
