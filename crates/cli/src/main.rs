@@ -42,6 +42,8 @@ enum Command {
     Train(commands::train::TrainArgs),
     /// Write tokenised, masked, packed training data for other trainers (`--format trl|axolotl`).
     Export(commands::train::ExportArgs),
+    /// Build MathCodeInstruct training data (`seed`, `merge`).
+    Data(commands::data::Args),
 }
 
 fn main() {
@@ -60,6 +62,7 @@ fn main() {
         Command::Bench(a) => commands::bench::run(a),
         Command::Train(a) => commands::train::train(a),
         Command::Export(a) => commands::train::export(a),
+        Command::Data(a) => commands::data::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

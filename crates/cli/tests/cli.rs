@@ -131,10 +131,14 @@ fn datasets_lists_every_benchmark() {
             "simuleq",
             "asdiv",
             "gsm-hard",
-            "mawps"
+            "mawps",
+            "gsm8k-train",
+            "math-train"
         ]
     );
     assert_eq!(rows[1]["size"], 5000);
+    assert_eq!(rows[9]["split"], "train");
+    assert_eq!(rows[9]["size"], 7473);
 }
 
 #[test]

@@ -34,6 +34,26 @@ pub enum DatasetError {
     Embedded(&'static str),
 }
 
+/// Which part of a dataset a problem comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Training problems (the sources of MathCodeInstruct).
+    Train,
+    /// Evaluation problems (what models are scored on).
+    #[default]
+    Test,
+}
+
+impl Split {
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Test => "test",
+        }
+    }
+}
+
 /// A math problem with its reference answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Problem {
@@ -41,15 +61,26 @@ pub struct Problem {
     pub id: String,
     /// The dataset's name (`gsm8k`, `math`, ...).
     pub dataset: String,
+    /// Train or test (files without the field are test problems).
+    #[serde(default)]
+    pub split: Split,
     pub question: String,
-    /// The gold answer, as text.
-    pub answer: String,
+    /// The gold answer, as text; `None` for problems that have none (interpolated problems).
+    #[serde(default)]
+    pub answer: Option<String>,
     /// MATH subject (`algebra`, `number_theory`, ...).
     pub subject: Option<String>,
     /// MATH difficulty level, 1-5.
     pub level: Option<u8>,
     /// The reference solution, when the dataset has one.
     pub solution: Option<String>,
+}
+
+impl Problem {
+    /// The gold answer, or `""` when the problem has none (grades as wrong).
+    pub fn gold(&self) -> &str {
+        self.answer.as_deref().unwrap_or("")
+    }
 }
 
 /// The benchmarks this project ships.
@@ -64,6 +95,10 @@ pub enum Benchmark {
     Asdiv,
     GsmHard,
     Mawps,
+    /// GSM8K train (7,473 problems with calculator-annotated solutions).
+    Gsm8kTrain,
+    /// MATH train (7,500 problems with subject, level and solution).
+    MathTrain,
 }
 
 struct Embedded {
@@ -95,13 +130,19 @@ const SIMULEQ: &[Embedded] = &[embed!("simuleq_test_post.jsonl.gz")];
 const ASDIV: &[Embedded] = &[embed!("tora_asdiv_test.jsonl.gz")];
 const GSM_HARD: &[Embedded] = &[embed!("tora_gsm-hard_test.jsonl.gz")];
 const MAWPS: &[Embedded] = &[embed!("tora_mawps_test.jsonl.gz")];
+const GSM8K_TRAIN: &[Embedded] = &[embed!("gsm8k_train.jsonl.gz")];
+const MATH_TRAIN: &[Embedded] = &[embed!("MATH_train.jsonl.gz")];
 const SUBJECT_LEVEL: Embedded = embed!("MATH_subject_level.jsonl.gz");
 
 const MATHCODER_SOURCE: &str =
     "MathCoder authors' data/ (github.com/mathllm/MathCoder), Apache-2.0";
 const TORA_SOURCE: &str = "microsoft/ToRA data/, MIT";
+const GSM8K_SOURCE: &str = "openai/grade-school-math train.jsonl, MIT";
+const MATH_TRAIN_SOURCE: &str = "hendrycks/math train split, MIT";
 
 impl Benchmark {
+    /// The test sets (what models are scored on, and what training data is decontaminated
+    /// against).
     pub const ALL: [Benchmark; 9] = [
         Benchmark::Gsm8k,
         Benchmark::Math,
@@ -114,6 +155,22 @@ impl Benchmark {
         Benchmark::Mawps,
     ];
 
+    /// The train sets (the sources of MathCodeInstruct).
+    pub const TRAIN: [Benchmark; 2] = [Benchmark::Gsm8kTrain, Benchmark::MathTrain];
+
+    /// Every dataset this build ships: the test sets, then the train sets.
+    pub fn listed() -> impl Iterator<Item = Benchmark> {
+        Benchmark::ALL.into_iter().chain(Benchmark::TRAIN)
+    }
+
+    /// Train or test.
+    pub fn split(self) -> Split {
+        match self {
+            Benchmark::Gsm8kTrain | Benchmark::MathTrain => Split::Train,
+            _ => Split::Test,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Benchmark::Gsm8k => "gsm8k",
@@ -125,6 +182,8 @@ impl Benchmark {
             Benchmark::Asdiv => "asdiv",
             Benchmark::GsmHard => "gsm-hard",
             Benchmark::Mawps => "mawps",
+            Benchmark::Gsm8kTrain => "gsm8k-train",
+            Benchmark::MathTrain => "math-train",
         }
     }
 
@@ -133,8 +192,11 @@ impl Benchmark {
     /// names (`math500`, `minival`, `math-500`).
     pub fn from_name(s: &str) -> Option<Benchmark> {
         let l = s.to_ascii_lowercase().replace('_', "-");
-        if matches!(l.as_str(), "math500" | "minival" | "math-500") {
-            return Some(Benchmark::Math500);
+        match l.as_str() {
+            "math500" | "minival" | "math-500" => return Some(Benchmark::Math500),
+            "gsm8k-train" => return Some(Benchmark::Gsm8kTrain),
+            "math-train" => return Some(Benchmark::MathTrain),
+            _ => {}
         }
         Conventions::from_name(&l).and_then(Benchmark::for_conventions)
     }
@@ -143,6 +205,8 @@ impl Benchmark {
     pub fn source(self) -> &'static str {
         match self {
             Benchmark::Asdiv | Benchmark::GsmHard | Benchmark::Mawps => TORA_SOURCE,
+            Benchmark::Gsm8kTrain => GSM8K_SOURCE,
+            Benchmark::MathTrain => MATH_TRAIN_SOURCE,
             _ => MATHCODER_SOURCE,
         }
     }
@@ -159,14 +223,16 @@ impl Benchmark {
             Benchmark::Asdiv => "ASDiv (as shipped by ToRA)",
             Benchmark::GsmHard => "GSM-Hard (GSM8K with large numbers, as shipped by ToRA)",
             Benchmark::Mawps => "MAWPS (as shipped by ToRA)",
+            Benchmark::Gsm8kTrain => "GSM8K train (solutions with calculator annotations)",
+            Benchmark::MathTrain => "MATH train, 7,500 problems with subject, level, solution",
         }
     }
 
     /// The grader's answer conventions for this benchmark.
     pub fn conventions(self) -> Conventions {
         match self {
-            Benchmark::Gsm8k => Conventions::Gsm8k,
-            Benchmark::Math | Benchmark::Math500 => Conventions::Math,
+            Benchmark::Gsm8k | Benchmark::Gsm8kTrain => Conventions::Gsm8k,
+            Benchmark::Math | Benchmark::Math500 | Benchmark::MathTrain => Conventions::Math,
             Benchmark::Svamp => Conventions::Svamp,
             Benchmark::Mathematics => Conventions::Mathematics,
             Benchmark::SimulEq => Conventions::SimulEq,
@@ -188,6 +254,8 @@ impl Benchmark {
             Benchmark::Asdiv => 2215,
             Benchmark::GsmHard => 1319,
             Benchmark::Mawps => 2065,
+            Benchmark::Gsm8kTrain => 7473,
+            Benchmark::MathTrain => 7500,
         }
     }
 
@@ -208,6 +276,8 @@ impl Benchmark {
             Benchmark::Asdiv => ASDIV,
             Benchmark::GsmHard => GSM_HARD,
             Benchmark::Mawps => MAWPS,
+            Benchmark::Gsm8kTrain => GSM8K_TRAIN,
+            Benchmark::MathTrain => MATH_TRAIN,
         }
     }
 
@@ -219,6 +289,9 @@ impl Benchmark {
             let text = gunzip(f)?;
             let n = parse_problems(&text, self.name(), f.name, line_base, &mut out)?;
             line_base += n;
+        }
+        for p in &mut out {
+            p.split = self.split();
         }
         Ok(out)
     }
@@ -277,7 +350,10 @@ pub fn resolve(spec: &str) -> Result<ProblemSet, DatasetError> {
     if !path.exists() {
         return Err(DatasetError::NotFound {
             spec: spec.to_string(),
-            benchmarks: Benchmark::ALL.map(|b| b.name()).join(", "),
+            benchmarks: Benchmark::listed()
+                .map(|b| b.name())
+                .collect::<Vec<_>>()
+                .join(", "),
         });
     }
     let name = path
@@ -354,7 +430,8 @@ fn problem_from_value(v: Value, dataset: &str, index: usize) -> Result<Problem, 
             id: r.id_text().unwrap_or(fallback_id),
             dataset: dataset.to_string(),
             question,
-            answer: r.ground_truth.answer_text(),
+            split: Split::Test,
+            answer: Some(r.ground_truth.answer_text()),
             subject: None,
             level: None,
             solution: r.ground_truth.solution.filter(|s| !s.is_empty()),
@@ -381,8 +458,9 @@ fn problem_from_value(v: Value, dataset: &str, index: usize) -> Result<Problem, 
             return Ok(Problem {
                 id,
                 dataset: dataset.to_string(),
+                split: Split::Test,
                 question: format!("{} {}", b.trim(), q.trim()),
-                answer: text_of(&v, answer).ok_or("no answer")?,
+                answer: Some(text_of(&v, answer).ok_or("no answer")?),
                 subject: None,
                 level: None,
                 solution: text_of(&v, solution),
@@ -394,29 +472,47 @@ fn problem_from_value(v: Value, dataset: &str, index: usize) -> Result<Problem, 
         return Ok(Problem {
             id,
             dataset: dataset.to_string(),
+            split: Split::Test,
             question: q,
-            answer: t,
+            answer: Some(t),
             subject: None,
             level: None,
             solution: text_of(&v, "code"),
         });
     }
     // GSM8K original / generic: question + answer (with `#### `).
-    if let (Some(q), Some(a)) = (
+    // (MATH train: four problems have no `\boxed{}` answer, so `answer` is null or empty.)
+    let answer = text_of(&v, "answer").filter(|a| !a.trim().is_empty());
+    if let (Some(q), true) = (
         text_of(&v, "question").or_else(|| text_of(&v, "problem")),
-        text_of(&v, "answer"),
+        answer.is_some() || text_of(&v, "solution").is_some(),
     ) {
-        let (solution, answer) = match a.rsplit_once("####") {
-            Some((sol, ans)) => (Some(sol.trim().to_string()), ans.trim().replace(',', "")),
-            None => (text_of(&v, "solution"), a),
+        let (solution, answer) = match answer.as_deref().and_then(|a| a.rsplit_once("####")) {
+            Some((sol, ans)) => (
+                Some(sol.trim().to_string()),
+                Some(ans.trim().replace(',', "")),
+            ),
+            None => (text_of(&v, "solution"), answer),
         };
+        // MATH train: `subject` (`algebra`, ...) and `level` ("Level 3"; two are "Level ?").
+        let subject = text_of(&v, "subject")
+            .or_else(|| text_of(&v, "type"))
+            .filter(|_| dataset.starts_with("math"));
+        let level = text_of(&v, "level").and_then(|l| {
+            l.trim_start_matches("Level")
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|n| (1..=5).contains(n))
+        });
         return Ok(Problem {
             id,
             dataset: dataset.to_string(),
+            split: Split::Test,
             question: q,
             answer,
-            subject: text_of(&v, "type").filter(|_| dataset.starts_with("math")),
-            level: None,
+            subject,
+            level,
             solution,
         });
     }
@@ -429,7 +525,7 @@ mod tests {
 
     #[test]
     fn every_benchmark_loads_with_its_size() {
-        for b in Benchmark::ALL {
+        for b in Benchmark::listed() {
             let n = b.size();
             let ps = b.load().unwrap();
             assert_eq!(ps.len(), n, "{}", b.name());
@@ -437,12 +533,12 @@ mod tests {
             ids.sort();
             ids.dedup();
             assert_eq!(ids.len(), n, "ids of {} are unique", b.name());
-            assert!(
-                ps.iter()
-                    .all(|p| !p.question.is_empty() && !p.answer.is_empty()),
-                "{}",
-                b.name()
-            );
+            assert!(ps.iter().all(|p| p.split == b.split()), "{}", b.name());
+            let golds = ps.iter().filter(|p| !p.gold().is_empty()).count();
+            // MATH train: four problems have no `\boxed{}` answer.
+            let missing = if b == Benchmark::MathTrain { 4 } else { 0 };
+            assert_eq!(golds, n - missing, "{}", b.name());
+            assert!(ps.iter().all(|p| !p.question.is_empty()), "{}", b.name());
         }
     }
 
@@ -470,7 +566,7 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for b in Benchmark::ALL {
+        for b in Benchmark::listed() {
             assert_eq!(Benchmark::from_name(b.name()), Some(b));
         }
         assert_eq!(Benchmark::from_name("minival"), Some(Benchmark::Math500));
@@ -482,9 +578,39 @@ mod tests {
         let text = r#"{"question": "How many?", "answer": "2 + 2 = 4\n#### 1,004"}"#;
         let mut out = Vec::new();
         parse_problems(text, "gsm8k", "t", 0, &mut out).unwrap();
-        assert_eq!(out[0].answer, "1004");
+        assert_eq!(out[0].gold(), "1004");
         assert_eq!(out[0].id, "gsm8k-1");
         let err = parse_problems("{\"x\": 1}", "d", "t.jsonl", 0, &mut out).unwrap_err();
         assert!(err.to_string().contains("t.jsonl: line 1"), "{err}");
+    }
+
+    #[test]
+    fn train_sets() {
+        let g = Benchmark::Gsm8kTrain.load().unwrap();
+        assert_eq!(g[0].id, "gsm8k-train-1");
+        assert_eq!(g[0].gold(), "72");
+        assert!(g[0].solution.as_deref().unwrap().contains("<<48/2=24>>"));
+        assert_eq!(g[0].split, Split::Train);
+        let m = Benchmark::MathTrain.load().unwrap();
+        assert_eq!(m[0].id, "math-train-algebra/0");
+        assert_eq!(m[0].subject.as_deref(), Some("algebra"));
+        assert_eq!(m[0].level, Some(5));
+        assert_eq!(m[0].gold(), "0");
+        assert_eq!(m.iter().filter(|p| p.level.is_none()).count(), 2);
+        assert_eq!(m.iter().filter(|p| p.answer.is_none()).count(), 4);
+        assert_eq!(Benchmark::MathTrain.conventions(), Conventions::Math);
+        assert_eq!(
+            Benchmark::for_conventions(Conventions::Gsm8k),
+            Some(Benchmark::Gsm8k)
+        );
+        assert!(!Benchmark::ALL.contains(&Benchmark::MathTrain));
+        // A problem file without split or answer (an interpolated problem) loads.
+        let mut out = Vec::new();
+        let line = r#"{"id": "i1", "dataset": "interp", "question": "Q?", "answer": null}"#;
+        parse_problems(line, "interp", "t", 0, &mut out).unwrap();
+        assert_eq!(
+            (out[0].answer.as_deref(), out[0].split),
+            (None, Split::Test)
+        );
     }
 }

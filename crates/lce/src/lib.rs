@@ -5,9 +5,7 @@
 //! written down: the eight special tokens ([`tokens`]), the [`Block`] type, the prompt template
 //! ([`prompt`]), which bytes of a rendered conversation the model writes ([`span`]), parsing
 //! raw model text into blocks ([`parse`]), and the authors' JSONL record formats ([`record`],
-//! [`pyjson`]).
-//! ([`prompt`]), parsing raw model text into blocks ([`parse`]), and the authors' JSONL record
-//! formats ([`record`], [`pyjson`]) and finding record files ([`files`]).
+//! [`pyjson`]) and their training format ([`train_format`]); finding record files ([`files`]).
 //!
 //! It depends on nothing else in the workspace and performs no I/O beyond finding and reading
 //! record files.
@@ -21,6 +19,7 @@ pub mod record;
 pub mod run;
 pub mod span;
 pub mod tokens;
+pub mod train_format;
 
 pub use block::{render_blocks, Block, BlockKind};
 pub use files::{record_files, FilesError};
@@ -30,3 +29,4 @@ pub use record::{DebugEntry, GroundTruth, OutputRecord, RecordError, TestRecord}
 pub use run::{RunInfo, RunRecord, StopReason, StoredVerdict};
 pub use span::{Rendered, Span, SpanKind};
 pub use tokens::SpecialToken;
+pub use train_format::{Acceptance, Provenance, TrainFormatError, TrainRecord};

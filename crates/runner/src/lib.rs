@@ -171,7 +171,7 @@ pub fn run_record(
         &p.id,
         &config.template.system,
         &p.question,
-        Value::String(p.answer.clone()),
+        p.answer.clone().map_or(Value::Null, Value::String),
         p.solution.clone(),
         &outcome.blocks,
     );
@@ -311,7 +311,7 @@ pub async fn run(
             let outcome = solve(&p.question, backend.as_ref(), &sandbox, &solve_cfg, &mut ()).await;
             let verdict = grader.grade(
                 conventions,
-                &p.answer,
+                p.gold(),
                 outcome.completion(),
                 Some(&p.question),
             );

@@ -16,6 +16,7 @@ pub struct Args {
 #[derive(Serialize)]
 struct Row {
     name: &'static str,
+    split: &'static str,
     size: usize,
     description: &'static str,
     source: &'static str,
@@ -23,9 +24,10 @@ struct Row {
 
 pub fn run(a: Args) -> Result<i32> {
     let mut rows = Vec::new();
-    for b in Benchmark::ALL {
+    for b in Benchmark::listed() {
         rows.push(Row {
             name: b.name(),
+            split: b.split().name(),
             size: b.load()?.len(),
             description: b.description(),
             source: b.source(),
@@ -42,14 +44,14 @@ pub fn run(a: Args) -> Result<i32> {
         Format::Text => {
             writeln!(
                 out,
-                "{:<12} {:>6}  {:<58} source",
-                "name", "size", "description"
+                "{:<12} {:<5} {:>6}  {:<58} source",
+                "name", "split", "size", "description"
             )?;
             for r in &rows {
                 writeln!(
                     out,
-                    "{:<12} {:>6}  {:<58} {}",
-                    r.name, r.size, r.description, r.source
+                    "{:<12} {:<5} {:>6}  {:<58} {}",
+                    r.name, r.split, r.size, r.description, r.source
                 )?;
             }
         }

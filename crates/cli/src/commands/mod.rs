@@ -1,5 +1,6 @@
 pub mod bench;
 pub mod compare;
+pub mod data;
 pub mod datasets;
 pub mod engine;
 pub mod grade;

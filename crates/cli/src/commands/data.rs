@@ -1,0 +1,349 @@
+//! `mathcoder data ...`: building MathCodeInstruct (argument parsing and progress only; the work
+//! is `mathcoder-data`'s).
+
+use anyhow::{bail, Result};
+use mathcoder_data::distill::DistillConfig;
+use mathcoder_data::merge::{MergeConfig, TestSets};
+use mathcoder_data::seed::{AttemptOutcome, Event, SeedConfig};
+use mathcoder_data::{AnnotationsTeacher, LceTeacher, Teacher};
+use mathcoder_grade::{Dataset, Grader};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use mathcoder_cli::args::{BackendArgs, GradeArgs, LoopArgs, SandboxArgs};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum DataCommand {
+    /// D0: teacher solutions to train problems, kept when the final answer equals the gold
+    /// (DIR/data.jsonl; resumable).
+    Seed(Box<SeedArgs>),
+    /// D1: n solutions per problem from a teacher, kept when all n final answers are
+    /// mathematically equivalent (DIR/data.jsonl; resumable).
+    Distill(Box<DistillArgs>),
+    /// D = the union of training files, duplicate and test-set problems removed.
+    Merge(MergeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    command: DataCommand,
+}
+
+/// Who writes the solutions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TeacherKind {
+    /// GSM8K's calculator annotations as code, executed in the sandbox (no model).
+    Annotations,
+    /// An LCE (MathCoder-format) model through the solve loop (backend flags: `--endpoint`,
+    /// `--backend`, `--model`; sampling: `--temperature`, `--seed`).
+    Lce,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SeedArgs {
+    /// `gsm8k-train`, `math-train`, or a JSONL file of problems with gold answers.
+    #[arg(long)]
+    source: String,
+    #[arg(long, value_enum)]
+    teacher: TeacherKind,
+    /// Answer conventions for a problem file (default: from the name or path).
+    #[arg(long, value_parser = mathcoder_cli::args::conventions)]
+    conventions: Option<Dataset>,
+    /// Output directory (data.jsonl, attempts.jsonl, run.json); an existing run there resumes.
+    #[arg(long)]
+    out: PathBuf,
+    /// Only the first N problems.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Solutions per problem (seeds seed, seed+1, ...).
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// Problems worked on at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// The loop's settings (`--seed`, `--temperature`; `--system-prompt` is written into every
+    /// record, whichever the teacher).
+    #[command(flatten)]
+    looping: LoopArgs,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+    #[command(flatten)]
+    grading: GradeArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DistillArgs {
+    /// A JSONL file of problems (gold answers not needed), or a dataset name.
+    #[arg(long)]
+    problems: String,
+    #[arg(long, value_enum)]
+    teacher: TeacherKind,
+    /// Answer conventions for judging equivalence (default: from the name or path).
+    #[arg(long, value_parser = mathcoder_cli::args::conventions)]
+    conventions: Option<Dataset>,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Solutions per problem that must agree (the paper: 3).
+    #[arg(long, default_value_t = 3)]
+    samples: usize,
+    /// Keep all agreeing solutions of a problem (default: the first).
+    #[arg(long)]
+    keep_all: bool,
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    #[command(flatten)]
+    backend: BackendArgs,
+    #[command(flatten)]
+    looping: LoopArgs,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+    #[command(flatten)]
+    grading: GradeArgs,
+}
+
+fn distill(a: DistillArgs) -> Result<i32> {
+    let set = mathcoder_datasets::resolve(&a.problems)?;
+    let (name, mut problems) = (set.name, set.problems);
+    let conventions = a
+        .conventions
+        .or(set.conventions)
+        .unwrap_or(Dataset::Generic);
+    if let Some(k) = a.limit {
+        problems.truncate(k);
+    }
+    if problems.is_empty() {
+        bail!("no problems to run");
+    }
+    if a.teacher == TeacherKind::Lce {
+        a.backend.spec(a.concurrency).check_listening()?;
+    }
+    let sandbox = a.sandbox.sandbox()?;
+    let grader = Arc::new(Grader::new(a.grading.options()));
+    let solve = a.looping.config();
+    let config = DistillConfig {
+        out: a.out.clone(),
+        source: name,
+        samples: a.samples,
+        seed: solve.seed,
+        concurrency: a.concurrency,
+        conventions,
+        system: solve.template.system.clone(),
+        keep_all: a.keep_all,
+    };
+    let (pb, progress) = bar("distilling");
+    let start = std::time::Instant::now();
+    let rt = tokio::runtime::Runtime::new()?;
+    match a.teacher {
+        TeacherKind::Annotations => {
+            let teacher = Arc::new(AnnotationsTeacher::new(sandbox));
+            rt.block_on(mathcoder_data::distill::distill(
+                &problems, teacher, grader, &config, progress,
+            ))?
+        }
+        TeacherKind::Lce => {
+            let backend = a.backend.build(a.concurrency)?;
+            let teacher = Arc::new(LceTeacher::new(backend, sandbox, solve));
+            rt.block_on(mathcoder_data::distill::distill(
+                &problems, teacher, grader, &config, progress,
+            ))?
+        }
+    };
+    pb.finish_and_clear();
+    let s = mathcoder_data::seed::stats(&a.out)?;
+    writeln!(
+        std::io::stdout().lock(),
+        "{}: {} problems in {:.1} s; all {} answers agree on {} ({} disagree, {} failed); data: {}",
+        config.source,
+        s.problems,
+        start.elapsed().as_secs_f64(),
+        config.samples,
+        s.count(AttemptOutcome::Kept),
+        s.count(AttemptOutcome::Wrong),
+        s.count(AttemptOutcome::Failed) + s.count(AttemptOutcome::Unconverted),
+        mathcoder_data::seed::data_path(&a.out).display()
+    )?;
+    Ok(0)
+}
+
+/// A progress bar and the callback that drives it.
+fn bar(what: &'static str) -> (indicatif::ProgressBar, Arc<dyn Fn(Event) + Send + Sync>) {
+    let pb = mathcoder_cli::progress::bar(0, what);
+    let (kept, finished) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let pbc = pb.clone();
+    let progress: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(move |e| match e {
+        Event::Start { done, todo } => {
+            pbc.set_length(todo as u64);
+            if done > 0 {
+                pbc.println(format!("resuming: {done} already done, {todo} to go"));
+            }
+        }
+        Event::Finished(o) => {
+            let k = (o == AttemptOutcome::Kept) as usize;
+            let n = finished.fetch_add(1, Ordering::SeqCst) + 1;
+            let k = kept.fetch_add(k, Ordering::SeqCst) + k;
+            pbc.set_message(format!("{what}, kept {k}/{n}"));
+            pbc.inc(1);
+        }
+    });
+    (pb, progress)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MergeArgs {
+    /// Training files (the authors' format with provenance, e.g. DIR/data.jsonl of `seed`).
+    #[arg(required = true, num_args = 1..)]
+    files: Vec<PathBuf>,
+    /// The merged file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Print every removal (default: the first 20 and the counts).
+    #[arg(long)]
+    verbose: bool,
+}
+
+pub fn run(a: Args) -> Result<i32> {
+    match a.command {
+        DataCommand::Seed(a) => seed(*a),
+        DataCommand::Distill(a) => distill(*a),
+        DataCommand::Merge(a) => merge(a),
+    }
+}
+
+fn seed(a: SeedArgs) -> Result<i32> {
+    let set = mathcoder_datasets::resolve(&a.source)?;
+    let (name, mut problems) = (set.name, set.problems);
+    let conventions = a
+        .conventions
+        .or(set.conventions)
+        .unwrap_or(Dataset::Generic);
+    if let Some(k) = a.limit {
+        problems.truncate(k);
+    }
+    if problems.is_empty() {
+        bail!("no problems to run");
+    }
+    if a.teacher == TeacherKind::Lce {
+        // Nothing listening: say so at once, before the sandbox is prepared.
+        a.backend.spec(a.concurrency).check_listening()?;
+    }
+    let sandbox = a.sandbox.sandbox()?;
+    let grader = Arc::new(Grader::new(a.grading.options()));
+    let solve = a.looping.config();
+    let config = SeedConfig {
+        out: a.out.clone(),
+        source: name,
+        samples: a.samples,
+        seed: solve.seed,
+        concurrency: a.concurrency,
+        conventions,
+        system: solve.template.system.clone(),
+    };
+    match a.teacher {
+        TeacherKind::Annotations => {
+            let teacher = Arc::new(AnnotationsTeacher::new(sandbox));
+            run_seed(&a, &problems, teacher, grader, &config)
+        }
+        TeacherKind::Lce => {
+            let backend = a.backend.build(a.concurrency)?;
+            let teacher = Arc::new(LceTeacher::new(backend, sandbox, solve));
+            run_seed(&a, &problems, teacher, grader, &config)
+        }
+    }
+}
+
+fn run_seed<T: Teacher>(
+    a: &SeedArgs,
+    problems: &[mathcoder_datasets::Problem],
+    teacher: Arc<T>,
+    grader: Arc<Grader>,
+    config: &SeedConfig,
+) -> Result<i32> {
+    let (pb, progress) = bar("seeding");
+    let start = std::time::Instant::now();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(mathcoder_data::seed::seed(
+        problems, teacher, grader, config, progress,
+    ))?;
+    pb.finish_and_clear();
+    let s = mathcoder_data::seed::stats(&a.out)?;
+    let mut out = std::io::stdout().lock();
+    let pct = |x: usize| 100.0 * x as f64 / s.attempts.max(1) as f64;
+    writeln!(
+        out,
+        "{}: {} attempts on {} problems in {:.1} s",
+        config.source,
+        s.attempts,
+        s.problems,
+        start.elapsed().as_secs_f64()
+    )?;
+    for o in [
+        AttemptOutcome::Kept,
+        AttemptOutcome::Wrong,
+        AttemptOutcome::Unconverted,
+        AttemptOutcome::Failed,
+    ] {
+        let n = s.count(o);
+        writeln!(
+            out,
+            "  {:<12} {n:>6} ({:.2}%)",
+            format!("{o:?}").to_lowercase(),
+            pct(n)
+        )?;
+    }
+    writeln!(
+        out,
+        "  problems with a kept solution: {}/{}; per kept solution {:.2} blocks, {:.2} code blocks",
+        s.problems_solved, s.problems, s.mean_blocks, s.mean_code_blocks
+    )?;
+    writeln!(
+        out,
+        "  data: {}  attempts: {}",
+        mathcoder_data::seed::data_path(&a.out).display(),
+        mathcoder_data::seed::attempts_path(&a.out).display()
+    )?;
+    Ok(0)
+}
+
+fn merge(a: MergeArgs) -> Result<i32> {
+    let config = MergeConfig::default();
+    let tests = TestSets::bundled(&config)?;
+    let report = mathcoder_data::merge::merge(&a.files, &a.out, &tests, &config)?;
+    let mut out = std::io::stdout().lock();
+    let shown = if a.verbose { usize::MAX } else { 20 };
+    for r in report.removed.iter().take(shown) {
+        writeln!(
+            out,
+            "removed {}:{} ({} {}): {}",
+            r.file.display(),
+            r.line,
+            r.source,
+            r.problem_id,
+            r.reason
+        )?;
+    }
+    if report.removed.len() > shown {
+        writeln!(
+            out,
+            "... and {} more (--verbose lists them all)",
+            report.removed.len() - shown
+        )?;
+    }
+    let (c, dp, ds, m) = report.counts();
+    writeln!(
+        out,
+        "read {} records, kept {}, removed {} ({c} test-set problems against {} test problems, {dp} duplicate problems, {ds} duplicate solutions, {m} malformed) -> {}",
+        report.read,
+        report.kept,
+        report.removed.len(),
+        tests.len(),
+        a.out.display()
+    )?;
+    Ok(0)
+}

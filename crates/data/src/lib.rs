@@ -1,0 +1,64 @@
+//! MathCodeInstruct construction: teachers write LCE solutions to train problems, the solutions
+//! whose final answer our grader judges equal to the gold are kept (D0, [`seed`]), and sets are
+//! merged with duplicate and test-set problems removed ([`merge`]).
+//!
+//! Every kept solution is one line in the authors' training format
+//! ([`mathcoder_lce::TrainRecord`]) with its provenance. Runs are resumable as `eval`'s are:
+//! records are appended and fsynced one at a time, `run.json` holds the run's identity.
+
+pub mod annotations;
+pub mod distill;
+pub mod lce_teacher;
+pub mod merge;
+pub mod seed;
+
+use mathcoder_datasets::Problem;
+use mathcoder_lce::Block;
+use std::future::Future;
+
+pub use annotations::AnnotationsTeacher;
+pub use lce_teacher::LceTeacher;
+
+/// Why a teacher produced no solution for a problem. Per-problem: recorded, never fatal to a run.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TeacherError {
+    /// The teacher cannot write a solution for this problem (the offline teacher: no
+    /// annotations, or a calculation that does not run).
+    #[error("not convertible: {0}")]
+    Unconvertible(String),
+    /// Something outside the problem failed (sandbox, backend).
+    #[error("teacher failed: {0}")]
+    Fault(String),
+}
+
+/// A teacher's solution: the assistant's blocks, executions included, ending with the final
+/// answer block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TeacherSolution {
+    pub blocks: Vec<Block>,
+    /// Tokens the teacher generated (0 for the offline teacher).
+    pub teacher_tokens: u64,
+}
+
+impl TeacherSolution {
+    /// The last block's content: the final answer block the grader reads.
+    pub fn completion(&self) -> &str {
+        self.blocks.last().map(|b| b.content.as_str()).unwrap_or("")
+    }
+}
+
+/// Writes LCE solutions to problems. Implementations: [`AnnotationsTeacher`] (offline, GSM8K
+/// annotations) and [`LceTeacher`] (an LCE model through the solve loop); a chat model with a
+/// code interpreter is the next one.
+pub trait Teacher: Send + Sync + 'static {
+    /// How the teacher names itself in provenance and `run.json`.
+    fn describe(&self) -> String;
+
+    /// One solution to `problem`; `sample` and `seed` say which draw this is.
+    fn solve(
+        &self,
+        problem: &Problem,
+        sample: usize,
+        seed: Option<u64>,
+    ) -> impl Future<Output = Result<TeacherSolution, TeacherError>> + Send;
+}
