@@ -168,6 +168,32 @@ fn export_trl_then_train_two_steps() {
         .sum();
     assert_eq!(lens as usize, row["input_ids"].as_array().unwrap().len());
 
+    let out = bin()
+        .arg("inspect")
+        .arg("--model")
+        .arg(root().join("engine/tests/fixtures/llama2-tiny"))
+        .arg("--data")
+        .arg(root().join("train/tests/fixtures/svamp-16.jsonl"))
+        .args(["--index", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        shown.starts_with("[[<s>") && !shown.contains('\x1b'),
+        "{shown}"
+    );
+    assert!(shown.contains("<|assistant|>]]"), "{shown}");
+    let counts = shown.lines().last().unwrap();
+    assert!(
+        counts.starts_with("line 3: ") && counts.contains(" trained, "),
+        "{counts}"
+    );
+
     let out = tmp.path().join("run");
     ok(common(bin().arg("train")).arg("--out").arg(&out).args([
         "--lr",

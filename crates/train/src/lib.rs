@@ -15,11 +15,13 @@
 //!   checkpoints and exact resume.
 //! * [`export`]: the same packed rows for cluster trainers (TRL), and the conversations with
 //!   their loss mask (axolotl, LLaMA-Factory).
+//! * [`inspect`]: one instance with trained and masked tokens told apart.
 //! * [`launch`]: accelerate + DeepSpeed ZeRO-3 and TRL SFT launch files with the paper's
 //!   hyperparameters, for the TRL export.
 
 pub mod data;
 pub mod export;
+pub mod inspect;
 pub mod launch;
 pub mod optim;
 pub mod pack;

@@ -278,3 +278,56 @@ pub fn export(a: ExportArgs) -> Result<i32> {
     }
     Ok(0)
 }
+
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    /// The model whose tokenizer to use (MathCoder's tokens are added when it lacks them).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    #[arg(long, value_name = "FILE.jsonl")]
+    data: PathBuf,
+    /// Which conversation (0-based, in file order).
+    #[arg(long, default_value_t = 0)]
+    index: usize,
+    /// Put loss on execution blocks too.
+    #[arg(long)]
+    loss_on_execution: bool,
+    /// Put loss on the prompt too.
+    #[arg(long)]
+    loss_on_prompt: bool,
+}
+
+pub fn inspect(a: InspectArgs) -> Result<i32> {
+    use std::io::IsTerminal;
+    let (tok, _) = TrainTokenizer::load(&a.model)?;
+    let convs = mathcoder_train::read_conversations(&a.data)?;
+    let Some(c) = convs.get(a.index) else {
+        bail!(
+            "--index {} is out of range: {} holds {} conversations",
+            a.index,
+            a.data.display(),
+            convs.len()
+        );
+    };
+    let mask = mathcoder_train::MaskOptions {
+        loss_on_execution: a.loss_on_execution,
+        loss_on_prompt: a.loss_on_prompt,
+    };
+    let inst = tok.tokenize(&c.render(), mask, c.line)?;
+    let color = std::io::stdout().is_terminal();
+    let s = mathcoder_train::inspect::show(&tok, &inst, color)?;
+    println!("{}", s.text);
+    println!(
+        "line {}: {} tokens, {} trained, {} masked ({})",
+        c.line,
+        s.tokens,
+        s.trained,
+        s.masked,
+        if color {
+            "masked dimmed"
+        } else {
+            "masked in [[...]]"
+        }
+    );
+    Ok(0)
+}
