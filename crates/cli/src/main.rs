@@ -40,10 +40,13 @@ enum Command {
     Bench(commands::bench::Args),
     /// Fine-tune a model in MathCoder's recipe (loss on text and code, packed, AdamW, cosine).
     Train(commands::train::TrainArgs),
-    /// Write tokenised, masked, packed training data for other trainers (`--format trl|axolotl`).
+    /// Write tokenised, masked, packed training data for other trainers (`--format trl|axolotl|llama-factory`).
     Export(commands::train::ExportArgs),
     /// Build MathCodeInstruct training data (`seed`, `merge`).
     Data(commands::data::Args),
+    /// Print one training instance with its trained and masked tokens told apart (masked ones
+    /// dimmed on a terminal, else in [[...]]), and its token counts.
+    Inspect(commands::train::InspectArgs),
 }
 
 fn main() {
@@ -63,6 +66,7 @@ fn main() {
         Command::Train(a) => commands::train::train(a),
         Command::Export(a) => commands::train::export(a),
         Command::Data(a) => commands::data::run(a),
+        Command::Inspect(a) => commands::train::inspect(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

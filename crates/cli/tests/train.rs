@@ -86,6 +86,114 @@ fn export_trl_then_train_two_steps() {
         }
     }
 
+    let lf = tmp.path().join("mathcoder-sft.jsonl");
+    ok(common(
+        bin()
+            .args(["export", "--format", "llama-factory", "--out"])
+            .arg(&lf),
+    ));
+    let lf_convs: Vec<Value> = std::fs::read_to_string(&lf)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lf_convs.len(), 16);
+    for (c, ax) in lf_convs.iter().zip(&convs) {
+        let turns = c["conversations"].as_array().unwrap();
+        assert_eq!(turns[0]["from"], "human");
+        assert_eq!(turns.last().unwrap()["from"], "gpt");
+        for (i, t) in turns.iter().enumerate().skip(1) {
+            let expect = if i % 2 == 1 { "gpt" } else { "observation" };
+            assert_eq!(t["from"], expect);
+        }
+        // The same text and the same trained spans as the axolotl export, without its `<s>`.
+        let segs = ax["segments"].as_array().unwrap();
+        assert_eq!(segs.len(), turns.len());
+        for (s, t) in segs.iter().zip(turns) {
+            assert_eq!(s["label"] == true, t["from"] == "gpt");
+        }
+        assert_eq!(
+            format!("<s>{}", turns[0]["value"].as_str().unwrap()),
+            segs[0]["text"].as_str().unwrap()
+        );
+    }
+    let info: Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("dataset_info.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(info["mathcoder-sft"]["file_name"], "mathcoder-sft.jsonl");
+    assert_eq!(info["mathcoder-sft"]["formatting"], "sharegpt");
+
+    // The TRL rows alone in their folder, with a launch beside.
+    let trl_dir = tmp.path().join("trl");
+    std::fs::create_dir(&trl_dir).unwrap();
+    let launch = tmp.path().join("launch");
+    let err = ok(common(
+        bin()
+            .args(["export", "--format", "trl", "--out"])
+            .arg(trl_dir.join("rows.jsonl"))
+            .arg("--launch")
+            .arg(&launch)
+            .args(["--gpus", "4"]),
+    ));
+    assert!(!err.contains("warning: "), "{err}");
+    let sft = std::fs::read_to_string(launch.join("sft.yaml")).unwrap();
+    let sft = mathcoder_train::launch::parse_simple_yaml(&sft).unwrap();
+    let get = |k: &str| sft.iter().find(|(a, _)| a == k).unwrap().1.clone();
+    assert_eq!(get("gradient_accumulation_steps"), "32");
+    assert_eq!(get("max_length"), "512");
+    assert_eq!(get("learning_rate"), "2.0e-5");
+    assert_eq!(
+        std::path::PathBuf::from(get("dataset_name")),
+        std::path::absolute(&trl_dir).unwrap()
+    );
+    let ds: Value =
+        serde_json::from_str(&std::fs::read_to_string(launch.join("ds_zero3.json")).unwrap())
+            .unwrap();
+    assert_eq!(ds["zero_optimization"]["stage"], 3);
+    assert!(launch.join("launch.sh").exists() && launch.join("accelerate_zero3.yaml").exists());
+    let row: Value = serde_json::from_str(
+        std::fs::read_to_string(trl_dir.join("rows.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let lens: u64 = row["seq_lengths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(lens as usize, row["input_ids"].as_array().unwrap().len());
+
+    let out = bin()
+        .arg("inspect")
+        .arg("--model")
+        .arg(root().join("engine/tests/fixtures/llama2-tiny"))
+        .arg("--data")
+        .arg(root().join("train/tests/fixtures/svamp-16.jsonl"))
+        .args(["--index", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        shown.starts_with("[[<s>") && !shown.contains('\x1b'),
+        "{shown}"
+    );
+    assert!(shown.contains("<|assistant|>]]"), "{shown}");
+    let counts = shown.lines().last().unwrap();
+    assert!(
+        counts.starts_with("line 3: ") && counts.contains(" trained, "),
+        "{counts}"
+    );
+
     let out = tmp.path().join("run");
     ok(common(bin().arg("train")).arg("--out").arg(&out).args([
         "--lr",

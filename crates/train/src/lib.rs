@@ -13,10 +13,16 @@
 //! * [`optim`]: AdamW with PyTorch's semantics, cosine schedule with linear warm-up.
 //! * [`trainer`]: gradient accumulation to a global batch, clipping, the step log,
 //!   checkpoints and exact resume.
-//! * [`export`]: the same packed rows for cluster trainers (TRL).
+//! * [`export`]: the same packed rows for cluster trainers (TRL), and the conversations with
+//!   their loss mask (axolotl, LLaMA-Factory).
+//! * [`inspect`]: one instance with trained and masked tokens told apart.
+//! * [`launch`]: accelerate + DeepSpeed ZeRO-3 and TRL SFT launch files with the paper's
+//!   hyperparameters, for the TRL export.
 
 pub mod data;
 pub mod export;
+pub mod inspect;
+pub mod launch;
 pub mod optim;
 pub mod pack;
 pub mod rng;

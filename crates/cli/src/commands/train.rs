@@ -3,7 +3,9 @@
 
 use anyhow::{bail, Result};
 use mathcoder_cli::args::TrainDataArgs;
-use mathcoder_train::export::{first_epoch, write_axolotl, write_trl};
+use mathcoder_train::export::{
+    first_epoch, write_axolotl, write_dataset_info, write_llama_factory, write_trl,
+};
 use mathcoder_train::tokenize::{Dataset, TrainTokenizer};
 use mathcoder_train::trainer::prepare;
 use mathcoder_train::{TrainConfig, Trainer};
@@ -139,6 +141,9 @@ pub enum ExportFormat {
     /// axolotl's `input_output`: one conversation a line, segments with `label: false` on the
     /// prompt and executions (axolotl packs and filters by length itself).
     Axolotl,
+    /// LLaMA-Factory's sharegpt: the prompt a `human` turn, the model's blocks `gpt` turns, the
+    /// executions `observation` turns (masked); its `dataset_info.json` entry is written beside.
+    LlamaFactory,
 }
 
 #[derive(clap::Args, Debug)]
@@ -149,10 +154,79 @@ pub struct ExportArgs {
     format: ExportFormat,
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
+    /// With `--format trl`: also write a ready cluster launch into DIR (accelerate + DeepSpeed
+    /// ZeRO-3 config, TRL SFT config, launch.sh) with the schedule below.
+    #[arg(long, value_name = "DIR")]
+    launch: Option<PathBuf>,
+    /// GPUs the launch assumes (launch.sh reads NUM_GPUS to change it).
+    #[arg(long, default_value_t = 8)]
+    gpus: usize,
+    /// Peak learning rate of the launch.
+    #[arg(long, default_value_t = defaults().lr)]
+    lr: f64,
+    #[arg(long, default_value_t = defaults().warmup_steps)]
+    warmup_steps: u64,
+    #[arg(long, default_value_t = defaults().epochs)]
+    epochs: u64,
+    /// Sequences per optimizer step in the launch.
+    #[arg(long, default_value_t = defaults().global_batch)]
+    global_batch: usize,
+}
+
+fn absolute(p: &std::path::Path) -> Result<PathBuf> {
+    Ok(std::path::absolute(p)?)
+}
+
+/// The launch files for the TRL rows at `a.out`.
+fn write_launch(a: &ExportArgs, dir: &std::path::Path, cfg: &TrainConfig) -> Result<()> {
+    let data_dir = absolute(a.out.parent().unwrap_or(std::path::Path::new(".")))?;
+    let others: Vec<String> = std::fs::read_dir(&data_dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name() != a.out.file_name()
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("json" | "jsonl" | "gz")
+                )
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    if !others.is_empty() {
+        eprintln!(
+            "warning: {} holds other data files ({}); TRL's `datasets` loads every JSON file of the folder given as dataset_name: keep the TRL export alone in its folder",
+            data_dir.display(),
+            others.join(", ")
+        );
+    }
+    let files = mathcoder_train::launch::write_launch(
+        dir,
+        &mathcoder_train::launch::LaunchSettings {
+            model: absolute(&a.data.model)?,
+            data_dir,
+            output_dir: absolute(dir)?.join("checkpoints"),
+            lr: a.lr,
+            warmup_steps: a.warmup_steps,
+            epochs: a.epochs,
+            global_batch: a.global_batch,
+            seq_len: cfg.seq_len,
+            max_grad_norm: cfg.max_grad_norm,
+            weight_decay: cfg.adamw.weight_decay,
+            seed: cfg.seed,
+            gpus: a.gpus,
+        },
+    )?;
+    for f in files {
+        eprintln!("wrote {}", f.display());
+    }
+    Ok(())
 }
 
 pub fn export(a: ExportArgs) -> Result<i32> {
     let cfg = a.data.apply(defaults());
+    if a.launch.is_some() && a.format != ExportFormat::Trl {
+        bail!("--launch writes a TRL launch: use it with --format trl");
+    }
     match a.format {
         ExportFormat::Trl => {
             let (tok, added) = TrainTokenizer::load(&a.data.model)?;
@@ -168,12 +242,92 @@ pub fn export(a: ExportArgs) -> Result<i32> {
             );
             write_trl(&first_epoch(&p.rows, cfg.seed), &a.out)?;
             eprintln!("wrote {} rows to {}", p.rows.len(), a.out.display());
+            if added > 0 && a.launch.is_some() {
+                eprintln!("warning: the launch's model needs MathCoder's tokens in its tokenizer and embeddings (they were added here for tokenising only)");
+            }
+            if let Some(dir) = &a.launch {
+                write_launch(&a, dir, &cfg)?;
+            }
         }
         ExportFormat::Axolotl => {
             let convs = mathcoder_train::read_conversations(&a.data.data)?;
             write_axolotl(&convs, cfg.mask, &a.out)?;
             eprintln!("wrote {} conversations to {}", convs.len(), a.out.display());
         }
+        ExportFormat::LlamaFactory => {
+            let convs = mathcoder_train::read_conversations(&a.data.data)?;
+            let n = write_llama_factory(&convs, cfg.mask, &a.out)?;
+            let (Some(file), Some(stem)) = (
+                a.out.file_name().and_then(|f| f.to_str()),
+                a.out.file_stem().and_then(|f| f.to_str()),
+            ) else {
+                bail!("--out {} has no UTF-8 file name", a.out.display());
+            };
+            let info = a
+                .out
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("dataset_info.json");
+            write_dataset_info(&info, stem, file)?;
+            eprintln!(
+                "wrote {n} conversations to {} and the dataset \"{stem}\" to {}",
+                a.out.display(),
+                info.display()
+            );
+        }
     }
+    Ok(0)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    /// The model whose tokenizer to use (MathCoder's tokens are added when it lacks them).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    #[arg(long, value_name = "FILE.jsonl")]
+    data: PathBuf,
+    /// Which conversation (0-based, in file order).
+    #[arg(long, default_value_t = 0)]
+    index: usize,
+    /// Put loss on execution blocks too.
+    #[arg(long)]
+    loss_on_execution: bool,
+    /// Put loss on the prompt too.
+    #[arg(long)]
+    loss_on_prompt: bool,
+}
+
+pub fn inspect(a: InspectArgs) -> Result<i32> {
+    use std::io::IsTerminal;
+    let (tok, _) = TrainTokenizer::load(&a.model)?;
+    let convs = mathcoder_train::read_conversations(&a.data)?;
+    let Some(c) = convs.get(a.index) else {
+        bail!(
+            "--index {} is out of range: {} holds {} conversations",
+            a.index,
+            a.data.display(),
+            convs.len()
+        );
+    };
+    let mask = mathcoder_train::MaskOptions {
+        loss_on_execution: a.loss_on_execution,
+        loss_on_prompt: a.loss_on_prompt,
+    };
+    let inst = tok.tokenize(&c.render(), mask, c.line)?;
+    let color = std::io::stdout().is_terminal();
+    let s = mathcoder_train::inspect::show(&tok, &inst, color)?;
+    println!("{}", s.text);
+    println!(
+        "line {}: {} tokens, {} trained, {} masked ({})",
+        c.line,
+        s.tokens,
+        s.trained,
+        s.masked,
+        if color {
+            "masked dimmed"
+        } else {
+            "masked in [[...]]"
+        }
+    );
     Ok(0)
 }
