@@ -9,9 +9,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mathcoder"))
-}
+mod common;
+use common::{bin, replay_server_of};
 
 const N: usize = 150;
 
@@ -99,12 +98,29 @@ fn seed_kill_9_then_resume() {
         rng = rng
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let frac = (rng >> 33) as f64 / (1u64 << 31) as f64;
-        let delay = uninterrupted.mul_f64(0.3 + 0.6 * frac);
+        // Kill on observed progress, not on a share of a timed run, so that the test holds on
+        // a loaded machine: after 1-3 new lines, or at once on the first round (start-up).
+        let wanted = if kills == 0 {
+            0
+        } else {
+            1 + (rng >> 33) as usize % 3
+        };
         let before = lines(&killed);
         let mut child = seed(&killed).spawn().unwrap();
-        std::thread::sleep(delay);
-        if let Some(status) = child.try_wait().unwrap() {
+        let started = Instant::now();
+        let mut done = None;
+        while lines(&killed) < before + wanted {
+            if let Some(status) = child.try_wait().unwrap() {
+                done = Some(status);
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(120),
+                "no new line for 120 s (round {kills})"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if let Some(status) = done.or_else(|| child.try_wait().unwrap()) {
             break status;
         }
         child.kill().unwrap(); // SIGKILL
@@ -179,123 +195,16 @@ fn mathcoder_test_problem() -> String {
     "Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for her friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh duck egg. How much in dollars does she make every day at the farmers' market?".to_string()
 }
 
-/// `mathcoder-bench` (the replay server), built beside `mathcoder` by `cargo test --workspace`.
-fn bench_bin() -> Command {
-    let path = Path::new(env!("CARGO_BIN_EXE_mathcoder"))
-        .with_file_name(format!("mathcoder-bench{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.is_file(),
-        "{} is missing: run the tests with `cargo test --workspace` (it builds mathcoder-bench)",
-        path.display()
-    );
-    Command::new(path)
-}
-
-struct Killed(std::process::Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn replay(dir: &str) -> (Killed, String) {
-    use std::io::{BufRead, BufReader};
-    let mut child = bench_bin()
-        .args(["replay-server", dir, "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut url = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut url)
-        .unwrap();
-    (Killed(child), url.trim().to_string())
-}
-
-/// `data distill` on problems without gold answers (the first 20 GSM8K test questions), the
-/// replay server as the LCE teacher: its 3 samples are the same recorded solution, so every
-/// problem whose final answer can be read agrees 3/3 and is kept once; a run over the first 10
-/// then over all 20 resumes without duplicates.
-#[test]
-fn distill_keeps_agreeing_problems_and_resumes() {
-    let (_server, url) = replay(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../data/released-outputs/MathCoder-L-7b/GSM8K"
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let problems = dir.path().join("new_problems.jsonl");
-    let mut text = String::new();
-    for (i, p) in mathcoder_datasets::Benchmark::Gsm8k.load().unwrap()[..20]
-        .iter()
-        .enumerate()
-    {
-        text.push_str(
-            &serde_json::json!({"id": format!("new-{i}"), "dataset": "interpolated", "question": p.question, "answer": null})
-                .to_string(),
-        );
-        text.push('\n');
-    }
-    std::fs::write(&problems, text).unwrap();
-    let out = dir.path().join("d1");
-    let run = |limit: &str| {
-        bin()
-            .args(["data", "distill", "--problems"])
-            .arg(&problems)
-            .args(["--teacher", "lce", "--samples", "3", "--limit", limit])
-            .args(["--conventions", "gsm8k", "--endpoint", &url, "--out"])
-            .arg(&out)
-            .output()
-            .unwrap()
-    };
-    let first = run("10");
-    assert!(first.status.success(), "{first:?}");
-    assert_eq!(attempts(&out).len(), 10);
-    let second = run("20");
-    assert!(second.status.success(), "{second:?}");
-    let tried = keyed(&out.join("attempts.jsonl"), |v| {
-        v["problem_id"].as_str().unwrap().to_string()
-    });
-    assert_eq!(tried.len(), 20);
-    let kept = keyed(&out.join("data.jsonl"), |v| {
-        v["provenance"]["problem_id"].as_str().unwrap().to_string()
-    });
-    let agreed = tried.values().filter(|a| a["outcome"] == "kept").count();
-    assert_eq!(kept.len(), agreed);
-    assert!(agreed >= 18, "{}", String::from_utf8_lossy(&second.stdout));
-    for v in kept.values() {
-        let acc = &v["provenance"]["acceptance"];
-        assert_eq!(acc["kind"], "agreement");
-        assert_eq!(
-            (acc["samples"].as_u64(), acc["agreeing"].as_u64()),
-            (Some(3), Some(3))
-        );
-    }
-    eprintln!("{}", String::from_utf8_lossy(&second.stdout));
-}
-
 /// The LCE teacher: MathCoder-L-7B's released GSM8K outputs replayed as the model, on the first
 /// 20 GSM8K test problems. Kept solutions are exactly the problems whose replayed final answer
 /// our grader judges equal to the gold, with the LCE teacher's provenance.
 #[test]
 fn seed_with_the_lce_teacher_on_replayed_outputs() {
-    use std::io::{BufRead, BufReader};
     let data_dir = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../data/released-outputs/MathCoder-L-7b/GSM8K"
     );
-    let mut child = bench_bin()
-        .args(["replay-server", data_dir, "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut url = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut url)
-        .unwrap();
-    let _server = Killed(child);
+    let (_server, url) = replay_server_of(data_dir, 0.0);
     let dir = tempfile::tempdir().unwrap();
     let out = bin()
         .args([

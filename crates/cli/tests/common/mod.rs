@@ -36,10 +36,17 @@ impl Drop for Killed {
 /// Starts a replay server on a free port (`latency_ms` per token) and returns it with its URL.
 /// The one place that knows how the server is started (`mathcoder-bench replay-server`).
 pub fn replay_server(latency_ms: f64) -> (Killed, String) {
-    let data = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../data/released-outputs/MathCoder-L-7b/simuleq"
-    );
+    replay_server_of(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../data/released-outputs/MathCoder-L-7b/simuleq"
+        ),
+        latency_ms,
+    )
+}
+
+/// A replay server over the recorded outputs in `data` (a file or directory).
+pub fn replay_server_of(data: &str, latency_ms: f64) -> (Killed, String) {
     let mut child = bench_bin()
         .args([
             "replay-server",
