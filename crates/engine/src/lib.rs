@@ -24,6 +24,7 @@ pub mod load;
 pub mod model;
 pub mod native;
 mod qmatmul;
+mod quants;
 pub mod sampling;
 
 pub use mathcoder_model::{config, spm, tokenizer, ModelError};

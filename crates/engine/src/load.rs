@@ -69,11 +69,18 @@ fn load_hf(ckpt: HfCheckpoint, opts: &LoadOptions) -> Result<Model, EngineError>
     };
     let c = &ckpt.config;
     let embed = get(Weight::Embed)?;
-    let mut layers = Vec::with_capacity(c.num_layers);
+    let mut layers = Vec::new();
     for i in 0..c.num_layers {
         let dense = |w: L| get(Weight::Layer(i, w)).map(Linear::Dense);
+        let qkv_bias = if c.architecture.qkv_bias() {
+            let b = |w: L| get(Weight::Layer(i, w));
+            Some([b(L::QBias)?, b(L::KBias)?, b(L::VBias)?])
+        } else {
+            None
+        };
         layers.push(Layer {
             attn_norm: get(Weight::Layer(i, L::AttnNorm))?,
+            qkv_bias,
             q: dense(L::Q)?,
             k: dense(L::K)?,
             v: dense(L::V)?,
@@ -110,7 +117,7 @@ pub struct GgufInfo {
     pub content: gguf_file::Content,
 }
 
-/// Reads the model hyper-parameters from GGUF metadata (`llama.*`).
+/// Reads the model hyper-parameters from GGUF metadata (`llama.*`, `qwen2.*`).
 pub fn gguf_config(ct: &gguf_file::Content) -> Result<ModelConfig, EngineError> {
     Ok(ModelConfig::from_gguf(ct)?)
 }
@@ -137,10 +144,20 @@ fn from_gguf(ckpt: GgufCheckpoint, opts: &LoadOptions) -> Result<(Model, GgufInf
     let embed_q = ckpt.qtensor(Weight::Embed, dev)?;
     let format = format!("{:?}", embed_q.dtype()).to_lowercase();
     let embed_q = Arc::new(embed_q);
-    let mut layers = Vec::with_capacity(c.num_layers);
+    let mut layers = Vec::new();
     for i in 0..c.num_layers {
         let w = |l: L| Weight::Layer(i, l);
+        let qkv_bias = if c.architecture.qkv_bias() {
+            Some([
+                dense(w(L::QBias))?,
+                dense(w(L::KBias))?,
+                dense(w(L::VBias))?,
+            ])
+        } else {
+            None
+        };
         layers.push(Layer {
+            qkv_bias,
             q: mat(w(L::Q))?,
             k: mat(w(L::K))?,
             v: mat(w(L::V))?,
@@ -176,7 +193,11 @@ fn from_gguf(ckpt: GgufCheckpoint, opts: &LoadOptions) -> Result<(Model, GgufInf
             norm,
             lm_head,
         },
-        RopeLayout::Interleaved,
+        if c.architecture.gguf_rope_interleaved() {
+            RopeLayout::Interleaved
+        } else {
+            RopeLayout::Halves
+        },
         dtype,
         dev.clone(),
         format,

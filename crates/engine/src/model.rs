@@ -1,5 +1,5 @@
-//! A Llama-family decoder (Llama-2, CodeLlama; multi-head or grouped-query attention) whose
-//! forward pass runs many sequences at once.
+//! A Llama-family decoder (Llama-2, CodeLlama, Mistral, Qwen2 with its q/k/v biases;
+//! multi-head or grouped-query attention) whose forward pass runs many sequences at once.
 //!
 //! The rows of every sequence in a step (a prefill chunk, one decode token, an appended
 //! execution block) are stacked into one `[rows, hidden]` matrix, so that the projections and the
@@ -84,6 +84,8 @@ pub(crate) struct Layer {
     pub q: Linear,
     pub k: Linear,
     pub v: Linear,
+    /// Biases of q, k and v (Qwen2), in the activations' dtype.
+    pub qkv_bias: Option<[Tensor; 3]>,
     pub o: Linear,
     pub mlp_norm: Tensor,
     pub gate: Linear,
@@ -116,8 +118,9 @@ pub struct Model {
     pub(crate) norm: Tensor,
     pub(crate) lm_head: Linear,
     pub(crate) rope: RopeLayout,
-    cos: Tensor,
-    sin: Tensor,
+    /// Rotary inverse frequencies `[head_dim/2]` (angles are computed per step for the
+    /// positions in it, so that no table is sized by the declared context).
+    inv_freq: Vec<f32>,
     /// Activations and KV cache dtype.
     pub dtype: DType,
     pub device: Device,
@@ -142,7 +145,7 @@ impl Model {
         device: Device,
         weight_format: String,
     ) -> Result<Model, EngineError> {
-        let (cos, sin) = rope_tables(&config, &device)?;
+        let inv_freq = inv_freq(&config);
         Ok(Model {
             config,
             embed: w.embed,
@@ -150,8 +153,7 @@ impl Model {
             norm: w.norm,
             lm_head: w.lm_head,
             rope,
-            cos,
-            sin,
+            inv_freq,
             dtype,
             device,
             weight_format,
@@ -191,10 +193,7 @@ impl Model {
     /// the last new token, or `[n, vocab]` with `all_logits`) as f32. Each cache grows by its
     /// sequence's tokens.
     pub fn forward(&self, steps: &mut [Step<'_>]) -> Result<Vec<Tensor>, EngineError> {
-        let max = self
-            .config
-            .max_position_embeddings
-            .max(self.cos.dim(0).unwrap_or(0));
+        let max = self.config.max_position_embeddings;
         for s in steps.iter() {
             if s.tokens.is_empty() {
                 return Err(EngineError::input("a step with no tokens"));
@@ -234,9 +233,8 @@ impl Model {
             .collect();
         let rows = ids.len();
         let ids_t = Tensor::from_vec(ids, rows, &self.device)?;
-        let pos_t = Tensor::from_vec(positions, rows, &self.device)?;
-        let cos = self.cos.index_select(&pos_t, 0)?.to_dtype(self.dtype)?;
-        let sin = self.sin.index_select(&pos_t, 0)?.to_dtype(self.dtype)?;
+        let (cos, sin) = rope_angles(&self.inv_freq, &positions, &self.device)?;
+        let (cos, sin) = (cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?);
         let mut x = match &self.embed {
             Embedding::Dense(e) => e.index_select(&ids_t, 0)?,
             Embedding::Quant(q) => q.embedding(&ids_t)?,
@@ -247,9 +245,16 @@ impl Model {
         let scale = 1.0 / (d as f64).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
             let xn = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let q = layer.q.forward(&xn)?;
-            let k = layer.k.forward(&xn)?;
-            let v = layer.v.forward(&xn)?;
+            let (mut q, mut k, mut v) = (
+                layer.q.forward(&xn)?,
+                layer.k.forward(&xn)?,
+                layer.v.forward(&xn)?,
+            );
+            if let Some([bq, bk, bv]) = &layer.qkv_bias {
+                q = q.broadcast_add(bq)?;
+                k = k.broadcast_add(bk)?;
+                v = v.broadcast_add(bv)?;
+            }
             // [rows, heads*d] -> [1, heads, rows, d], rotated at each row's own position.
             let q = q
                 .reshape((rows, h, d))?
@@ -372,26 +377,33 @@ fn attend(
         .reshape((n, h * d))
 }
 
-/// Rotary cos/sin tables `[positions, head_dim/2]`, computed as transformers does (f32 inverse
-/// frequencies, f32 angles).
-fn rope_tables(c: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor), EngineError> {
-    let half = c.head_dim / 2;
-    let n = c.max_position_embeddings.max(1);
-    let inv: Vec<f32> = (0..half)
+/// Rotary inverse frequencies, as transformers computes them (in f32).
+fn inv_freq(c: &ModelConfig) -> Vec<f32> {
+    (0..c.head_dim / 2)
         .map(|i| 1.0f32 / (c.rope_theta.powf((2 * i) as f64 / c.head_dim as f64) as f32))
-        .collect();
-    let mut cos = Vec::with_capacity(n * half);
-    let mut sin = Vec::with_capacity(n * half);
-    for p in 0..n {
-        for f in &inv {
+        .collect()
+}
+
+/// Rotary cos/sin `[positions, head_dim/2]` for the given positions (f32 angles, as
+/// transformers computes them).
+fn rope_angles(
+    inv: &[f32],
+    positions: &[u32],
+    device: &Device,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let half = inv.len();
+    let mut cos = Vec::with_capacity(positions.len() * half);
+    let mut sin = Vec::with_capacity(positions.len() * half);
+    for &p in positions {
+        for f in inv {
             let a = p as f32 * f;
             cos.push(a.cos());
             sin.push(a.sin());
         }
     }
     Ok((
-        Tensor::from_vec(cos, (n, half), device)?,
-        Tensor::from_vec(sin, (n, half), device)?,
+        Tensor::from_vec(cos, (positions.len(), half), device)?,
+        Tensor::from_vec(sin, (positions.len(), half), device)?,
     ))
 }
 

@@ -1,20 +1,23 @@
-//! Our own CPU matrix multiply for GGUF `Q4_0` and `Q8_0` matrices (x86-64 with AVX2, FMA and
-//! F16C; anything else keeps candle's kernels).
+//! Our own CPU matrix multiply for GGUF matrices: `Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`,
+//! `Q4_K`, `Q5_K` and `Q6_K` (x86-64 with AVX2, FMA and F16C; anything else keeps candle's
+//! kernels).
 //!
-//! candle's kernels compute one dot product per output row, unpacking the 4-bit weights of every
-//! block and converting its f16 scale one row at a time. At load time we instead **repack** each
+//! candle's kernels compute one dot product per output row, unpacking the weights of every
+//! block and converting its scale one row at a time. At load time we instead **repack** each
 //! group of 8 output rows so that one 256-bit register holds the same 4 bytes of a block for all
 //! 8 rows, and the 8 rows' scales sit together. One pass over a group then yields 8 results at
-//! once, as 8 integer lanes, with a single scale multiply per block (`vcvtph2ps` converts the 8
-//! scales in one instruction). The activations are quantized to 8 bits per 32-value block the
-//! way llama.cpp does (scale `max|x|/127` rounded to f16, values rounded to nearest even), so
-//! results are those of llama.cpp's `Q4_0 x Q8_0` / `Q8_0 x Q8_0` dot products up to float
-//! summation order.
+//! once, as 8 integer lanes, with one scale multiply per block. The activations are quantized
+//! to 8 bits per 32-value block the way llama.cpp does (scale `max|x|/127` rounded to f16,
+//! values rounded to nearest even), so results are those of llama.cpp's quantized dot products
+//! up to float summation order (llama.cpp quantizes activations per 256 for the K formats).
 //!
-//! * `Q4_0` (4-bit unsigned `q`, value `d·(q−8)`): `Σ d·(q−8)·y = d·(Σ q·y − 8·Σ y)`, so the
-//!   nibbles go straight into `vpmaddubsw` (unsigned × signed) and the `8·Σ y` of each
-//!   activation block is subtracted once.
 //! * `Q8_0` (signed `q`): `vpmaddubsw(|q|, sign(y, q))`, the usual sign trick.
+//! * Every other format is decoded at load ([`crate::quants`]) to unsigned `q` with
+//!   `w = d·(q − z) + m` per 32 weights: `Σ w·y = d·(Σ q·y − z·Σ y) + m·Σ y`, so `q` goes
+//!   straight into `vpmaddubsw` (unsigned × signed), and the activation block sums are
+//!   computed once. 4-bit formats stay nibbles (`Q4_0`, `Q4_1`, `Q4_K`); 5- and 6-bit ones are
+//!   stored as bytes. Scales are f16 where the file's are, f32 for the K formats' products of
+//!   super-block and sub-block scales; `Q6_K` has two scales per 32 weights.
 //!
 //! Work is split over candle's own thread pool (the one its other CPU kernels use), by groups
 //! of 8 rows; with several activation rows (prefill, batched decode) each group is applied to
@@ -26,25 +29,73 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use half::f16;
 
-/// Values per quantization block (both formats).
-const QK: usize = 32;
+use crate::quants::{self, Spec, QK};
+
 /// Output rows interleaved in one group.
 const GROUP: usize = 8;
 /// Activation rows applied to one weight group per pass.
 const ROW_TILE: usize = 4;
 
+/// How a packed matrix is multiplied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Format {
-    Q4_0,
+    /// Signed bytes, one f16 scale per block.
     Q8_0,
+    /// Unsigned values decoded from another ggml format.
+    Unsigned(Spec),
 }
 
 impl Format {
     /// Bytes of quantized values per row per block.
     fn qbytes(self) -> usize {
         match self {
-            Format::Q4_0 => QK / 2,
-            Format::Q8_0 => QK,
+            Format::Unsigned(s) if s.nibbles => QK / 2,
+            _ => QK,
+        }
+    }
+
+    /// Scales per row per block.
+    fn scales(self) -> usize {
+        match self {
+            Format::Unsigned(s) if s.halves => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Block scales or offsets, `[n/8][k/32][per block][8]`.
+enum Scales {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+impl Scales {
+    fn new(f32_scales: bool, len: usize) -> Scales {
+        if f32_scales {
+            Scales::F32(vec![0.0; len])
+        } else {
+            Scales::F16(vec![f16::ZERO; len])
+        }
+    }
+
+    fn set(&mut self, i: usize, v: f32) {
+        match self {
+            Scales::F16(s) => s[i] = f16::from_f32(v),
+            Scales::F32(s) => s[i] = v,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Scales::F16(s) => s.len() * 2,
+            Scales::F32(s) => s.len() * 4,
+        }
+    }
+
+    fn ptr(&self) -> *const u8 {
+        match self {
+            Scales::F16(s) => s.as_ptr() as *const u8,
+            Scales::F32(s) => s.as_ptr() as *const u8,
         }
     }
 }
@@ -54,9 +105,11 @@ pub(crate) struct Packed {
     format: Format,
     n: usize,
     k: usize,
-    /// `[n/8][k/32][8]` f16 scales.
-    scales: Vec<f16>,
-    /// `[n/8][k/32][qbytes/4][8][4]` quantized values.
+    scales: Scales,
+    /// Block offsets (formats with `m`).
+    offsets: Option<Scales>,
+    /// `[n/8][k/32][qbytes/4][8][4]` quantized values (nibbles: byte `j` holds weights `j`
+    /// and `j + 16`).
     quants: Vec<u8>,
 }
 
@@ -78,43 +131,61 @@ impl Packed {
     /// Repacks a GGUF matrix, or `None` when its format or shape is not one we handle (or the
     /// CPU lacks AVX2): the caller keeps candle's kernels then.
     pub(crate) fn from_qtensor(t: &QTensor) -> candle_core::Result<Option<Packed>> {
-        let format = match t.dtype() {
-            GgmlDType::Q4_0 => Format::Q4_0,
-            GgmlDType::Q8_0 => Format::Q8_0,
-            _ => return Ok(None),
-        };
         let dims = t.shape().dims();
         let &[n, k] = dims else {
             return Ok(None);
         };
-        if !supported() || n % GROUP != 0 || k % QK != 0 || n == 0 || k == 0 {
+        if !supported() || n % GROUP != 0 || n == 0 || k == 0 {
+            return Ok(None);
+        }
+        if t.dtype() != GgmlDType::Q8_0 && quants::spec(t.dtype()).is_none() {
             return Ok(None);
         }
         let data = t.data()?;
-        Ok(Packed::from_blocks(format, n, k, &data))
+        Ok(Packed::from_blocks(t.dtype(), n, k, &data))
     }
 
-    /// Repacks ggml blocks (`f16 d` then the quantized values, row-major): `None` if `data` is
-    /// not `n·k/32` such blocks.
-    fn from_blocks(format: Format, n: usize, k: usize, data: &[u8]) -> Option<Packed> {
-        let kb = k / QK;
-        let qb = format.qbytes();
-        let block = 2 + qb;
-        if data.len() != n * kb * block {
+    /// Repacks ggml blocks of format `t` (row-major): `None` if `t` is not one we handle or
+    /// `data` is not the `[n, k]` matrix's blocks.
+    fn from_blocks(t: GgmlDType, n: usize, k: usize, data: &[u8]) -> Option<Packed> {
+        if t == GgmlDType::Q8_0 {
+            return Packed::from_q8_0(n, k, data);
+        }
+        let (spec, bw, bb) = quants::spec(t)?;
+        if n % GROUP != 0 || k % bw != 0 || data.len() != n * (k / bw) * bb {
             return None;
         }
-        let mut scales = vec![f16::ZERO; n * kb];
+        let format = Format::Unsigned(spec);
+        let (kb, qb, ns) = (k / QK, format.qbytes(), format.scales());
+        let mut scales = Scales::new(spec.f32_scales, n * kb * ns);
+        let mut offsets = spec.offset.then(|| Scales::new(spec.f32_scales, n * kb));
         let mut quants = vec![0u8; n * kb * qb];
-        for g in 0..n / GROUP {
-            for b in 0..kb {
+        let mut blocks = Vec::with_capacity(kb);
+        for row in 0..n {
+            let (g, r) = (row / GROUP, row % GROUP);
+            blocks.clear();
+            for src in data[row * (k / bw) * bb..(row + 1) * (k / bw) * bb].chunks_exact(bb) {
+                quants::decode(t, src, &mut blocks);
+            }
+            for (b, blk) in blocks.iter().enumerate() {
                 let gb = g * kb + b;
-                for r in 0..GROUP {
-                    let src = &data[((g * GROUP + r) * kb + b) * block..][..block];
-                    scales[gb * GROUP + r] = f16::from_le_bytes([src[0], src[1]]);
-                    for c in 0..qb / 4 {
-                        let dst = gb * GROUP * qb + (c * GROUP + r) * 4;
-                        quants[dst..dst + 4].copy_from_slice(&src[2 + 4 * c..2 + 4 * c + 4]);
+                for s in 0..ns {
+                    scales.set((gb * ns + s) * GROUP + r, blk.d[s]);
+                }
+                if let Some(o) = offsets.as_mut() {
+                    o.set(gb * GROUP + r, blk.m);
+                }
+                let mut bytes = [0u8; QK];
+                if spec.nibbles {
+                    for j in 0..QK / 2 {
+                        bytes[j] = blk.q[j] | (blk.q[j + QK / 2] << 4);
                     }
+                } else {
+                    bytes = blk.q;
+                }
+                for c in 0..qb / 4 {
+                    let dst = gb * GROUP * qb + (c * GROUP + r) * 4;
+                    quants[dst..dst + 4].copy_from_slice(&bytes[4 * c..4 * c + 4]);
                 }
             }
         }
@@ -123,12 +194,44 @@ impl Packed {
             n,
             k,
             scales,
+            offsets,
+            quants,
+        })
+    }
+
+    fn from_q8_0(n: usize, k: usize, data: &[u8]) -> Option<Packed> {
+        let kb = k / QK;
+        let block = 2 + QK;
+        if n % GROUP != 0 || k % QK != 0 || data.len() != n * kb * block {
+            return None;
+        }
+        let mut scales = vec![f16::ZERO; n * kb];
+        let mut quants = vec![0u8; n * kb * QK];
+        for g in 0..n / GROUP {
+            for b in 0..kb {
+                let gb = g * kb + b;
+                for r in 0..GROUP {
+                    let src = &data[((g * GROUP + r) * kb + b) * block..][..block];
+                    scales[gb * GROUP + r] = f16::from_le_bytes([src[0], src[1]]);
+                    for c in 0..QK / 4 {
+                        let dst = gb * GROUP * QK + (c * GROUP + r) * 4;
+                        quants[dst..dst + 4].copy_from_slice(&src[2 + 4 * c..2 + 4 * c + 4]);
+                    }
+                }
+            }
+        }
+        Some(Packed {
+            format: Format::Q8_0,
+            n,
+            k,
+            scales: Scales::F16(scales),
+            offsets: None,
             quants,
         })
     }
 
     pub(crate) fn bytes(&self) -> usize {
-        self.scales.len() * 2 + self.quants.len()
+        self.scales.bytes() + self.offsets.as_ref().map_or(0, Scales::bytes) + self.quants.len()
     }
 
     /// `out[i, j] = Σ_l x[i, l] · w[j, l]` for `x` of `m` rows of `k` values; `out` has `m·n`.
@@ -163,16 +266,29 @@ impl Packed {
     /// this (rows, group) tile.
     #[cfg(target_arch = "x86_64")]
     unsafe fn group(&self, g: usize, r0: usize, rows: usize, act: &Act, out: *mut f32) {
+        macro_rules! rows {
+            ($f:ident $(, $c:literal)*) => {
+                match rows {
+                    1 => x86::$f::<1 $(, $c)*>(self, g, r0, act, out),
+                    2 => x86::$f::<2 $(, $c)*>(self, g, r0, act, out),
+                    3 => x86::$f::<3 $(, $c)*>(self, g, r0, act, out),
+                    _ => x86::$f::<4 $(, $c)*>(self, g, r0, act, out),
+                }
+            };
+        }
         unsafe {
-            match (self.format, rows) {
-                (Format::Q4_0, 1) => x86::q4_0::<1>(self, g, r0, act, out),
-                (Format::Q4_0, 2) => x86::q4_0::<2>(self, g, r0, act, out),
-                (Format::Q4_0, 3) => x86::q4_0::<3>(self, g, r0, act, out),
-                (Format::Q4_0, _) => x86::q4_0::<4>(self, g, r0, act, out),
-                (Format::Q8_0, 1) => x86::q8_0::<1>(self, g, r0, act, out),
-                (Format::Q8_0, 2) => x86::q8_0::<2>(self, g, r0, act, out),
-                (Format::Q8_0, 3) => x86::q8_0::<3>(self, g, r0, act, out),
-                (Format::Q8_0, _) => x86::q8_0::<4>(self, g, r0, act, out),
+            match self.format {
+                Format::Q8_0 => rows!(q8_0),
+                Format::Unsigned(s) => match (s.nibbles, s.halves, s.offset, s.f32_scales) {
+                    (true, false, false, false) => rows!(unsigned, true, false, false, false),
+                    (true, false, true, false) => rows!(unsigned, true, false, true, false),
+                    (true, false, true, true) => rows!(unsigned, true, false, true, true),
+                    (false, false, false, false) => rows!(unsigned, false, false, false, false),
+                    (false, false, true, false) => rows!(unsigned, false, false, true, false),
+                    (false, false, true, true) => rows!(unsigned, false, false, true, true),
+                    (false, true, false, true) => rows!(unsigned, false, true, false, true),
+                    other => unreachable!("no kernel for the layout {other:?}"),
+                },
             }
         }
     }
@@ -191,8 +307,8 @@ unsafe impl Sync for SendPtr {}
 struct Act {
     /// `[m][k/32]` block scales (f16-rounded, as stored in a ggml `block_q8_0`).
     d: Vec<f32>,
-    /// `[m][k/32]` sums of the block's quantized values.
-    sums: Vec<i32>,
+    /// `[m][k/16]` sums of each half block's quantized values.
+    half_sums: Vec<i32>,
     /// `[m][k]` quantized values.
     qs: Vec<i8>,
     kb: usize,
@@ -204,7 +320,7 @@ impl Act {
         let blocks = x.len() / QK;
         let mut a = Act {
             d: vec![0.0; blocks],
-            sums: vec![0; blocks],
+            half_sums: vec![0; 2 * blocks],
             qs: vec![0; x.len()],
             kb,
         };
@@ -217,6 +333,11 @@ impl Act {
         }
         quantize_into(x, &mut a);
         a
+    }
+
+    /// The sum of block `b`'s quantized values.
+    fn sum(&self, b: usize) -> i32 {
+        self.half_sums[2 * b] + self.half_sums[2 * b + 1]
     }
 }
 
@@ -237,13 +358,14 @@ fn quantize_into(x: &[f32], a: &mut Act) {
         let d = amax / 127.0;
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         a.d[i] = f16::from_f32(d).to_f32();
-        let mut sum = 0i32;
-        for (q, v) in qb.iter_mut().zip(xb) {
+        let mut sums = [0i32; 2];
+        for (l, (q, v)) in qb.iter_mut().zip(xb).enumerate() {
             let r = (v * id).round_ties_even() as i8;
             *q = r;
-            sum += r as i32;
+            sums[l / 16] += r as i32;
         }
-        a.sums[i] = sum;
+        a.half_sums[2 * i] = sums[0];
+        a.half_sums[2 * i + 1] = sums[1];
     }
 }
 
@@ -251,12 +373,6 @@ fn quantize_into(x: &[f32], a: &mut Act) {
 mod x86 {
     use super::{Act, Packed, GROUP, QK};
     use std::arch::x86_64::*;
-
-    /// Sums of the 8 i32 lanes' worth of `f32` accumulators are already per row: store them.
-    #[inline(always)]
-    unsafe fn store(out: *mut f32, acc: __m256) {
-        unsafe { _mm256_storeu_ps(out, acc) }
-    }
 
     /// The 4 bytes of activation row `r`, block `b`, at byte offset `o`, in every lane.
     #[inline(always)]
@@ -267,48 +383,117 @@ mod x86 {
         }
     }
 
+    /// 8 scales (one per row of the group) at index `i` (in units of 8).
+    #[inline(always)]
+    unsafe fn scales8<const F32: bool>(p: *const u8, i: usize) -> __m256 {
+        unsafe {
+            if F32 {
+                _mm256_loadu_ps((p as *const f32).add(8 * i))
+            } else {
+                _mm256_cvtph_ps(_mm_loadu_si128((p as *const __m128i).add(i)))
+            }
+        }
+    }
+
+    /// Formats decoded to unsigned values: `NIB` nibbles (else bytes), `HALVES` two scales per
+    /// block, `OFF` block offsets, `F32` f32 scales (else f16).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn q4_0<const R: usize>(
+    pub(super) unsafe fn unsigned<
+        const R: usize,
+        const NIB: bool,
+        const HALVES: bool,
+        const OFF: bool,
+        const F32: bool,
+    >(
         p: &Packed,
         g: usize,
         r0: usize,
         act: &Act,
         out: *mut f32,
     ) {
+        let super::Format::Unsigned(spec) = p.format else {
+            unreachable!("unsigned kernel on a signed format")
+        };
         let kb = act.kb;
+        let ns = if HALVES { 2 } else { 1 };
+        let qb = if NIB { QK / 2 } else { QK };
         let low = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
+        let zero = spec.zero;
         let mut acc = [_mm256_setzero_ps(); R];
         unsafe {
-            let sc = p.scales.as_ptr().add(g * kb * GROUP) as *const __m128i;
-            let qs = p.quants.as_ptr().add(g * kb * GROUP * 16) as *const __m256i;
+            let sc = p.scales.ptr();
+            let off = p.offsets.as_ref().map_or(std::ptr::null(), |o| o.ptr());
+            let qs = p.quants.as_ptr().add(g * kb * GROUP * qb) as *const __m256i;
             for b in 0..kb {
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(sc.add(b)));
-                let mut isum = [_mm256_setzero_si256(); R];
-                for c in 0..4 {
-                    let v = _mm256_loadu_si256(qs.add(b * 4 + c));
-                    let lo = _mm256_and_si256(v, low);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                    for (r, s) in isum.iter_mut().enumerate() {
-                        let ylo = bcast(act, r0 + r, b, 4 * c);
-                        let yhi = bcast(act, r0 + r, b, 16 + 4 * c);
-                        // 8 products of at most 15·127 per i16 lane: no overflow.
-                        *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(lo, ylo));
-                        *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(hi, yhi));
+                let gb = g * kb + b;
+                // Integer dot products per row lane: [R][half].
+                let mut dots = [[_mm256_setzero_si256(); 2]; R];
+                if NIB {
+                    let mut isum = [_mm256_setzero_si256(); R];
+                    for c in 0..4 {
+                        let v = _mm256_loadu_si256(qs.add(b * 4 + c));
+                        let lo = _mm256_and_si256(v, low);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                        for (r, s) in isum.iter_mut().enumerate() {
+                            let ylo = bcast(act, r0 + r, b, 4 * c);
+                            let yhi = bcast(act, r0 + r, b, 16 + 4 * c);
+                            // 8 products of at most 15·127 per i16 lane: no overflow.
+                            *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(lo, ylo));
+                            *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(hi, yhi));
+                        }
+                    }
+                    for r in 0..R {
+                        dots[r][0] = _mm256_madd_epi16(isum[r], ones);
+                    }
+                } else {
+                    for c in 0..8 {
+                        let v = _mm256_loadu_si256(qs.add(b * 8 + c));
+                        let h = if HALVES { c / 4 } else { 0 };
+                        for (r, d) in dots.iter_mut().enumerate() {
+                            let y = bcast(act, r0 + r, b, 4 * c);
+                            // Two products of at most 63·127 per i16 lane: no overflow.
+                            let pairs = _mm256_maddubs_epi16(v, y);
+                            d[h] = _mm256_add_epi32(d[h], _mm256_madd_epi16(pairs, ones));
+                        }
                     }
                 }
+                let d0 = scales8::<F32>(sc, gb * ns);
+                let d1 = if HALVES {
+                    scales8::<F32>(sc, gb * ns + 1)
+                } else {
+                    d0
+                };
+                let m = if OFF {
+                    scales8::<F32>(off, gb)
+                } else {
+                    _mm256_setzero_ps()
+                };
                 for r in 0..R {
-                    let i = r0 + r;
-                    let dots = _mm256_sub_epi32(
-                        _mm256_madd_epi16(isum[r], ones),
-                        _mm256_set1_epi32(8 * act.sums[i * kb + b]),
-                    );
-                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(act.d[i * kb + b]));
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), scale, acc[r]);
+                    let ab = (r0 + r) * kb + b;
+                    let ad = _mm256_set1_ps(act.d[ab]);
+                    if HALVES {
+                        let (s0, s1) = (act.half_sums[2 * ab], act.half_sums[2 * ab + 1]);
+                        let x0 = _mm256_sub_epi32(dots[r][0], _mm256_set1_epi32(zero * s0));
+                        let x1 = _mm256_sub_epi32(dots[r][1], _mm256_set1_epi32(zero * s1));
+                        acc[r] =
+                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(x0), _mm256_mul_ps(d0, ad), acc[r]);
+                        acc[r] =
+                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(x1), _mm256_mul_ps(d1, ad), acc[r]);
+                    } else {
+                        let s = act.sum(ab);
+                        let x = _mm256_sub_epi32(dots[r][0], _mm256_set1_epi32(zero * s));
+                        acc[r] =
+                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(x), _mm256_mul_ps(d0, ad), acc[r]);
+                        if OFF {
+                            let ys = _mm256_set1_ps(act.d[ab] * s as f32);
+                            acc[r] = _mm256_fmadd_ps(m, ys, acc[r]);
+                        }
+                    }
                 }
             }
             for (r, a) in acc.iter().enumerate() {
-                store(out.add((r0 + r) * p.n + g * GROUP), *a);
+                _mm256_storeu_ps(out.add((r0 + r) * p.n + g * GROUP), *a);
             }
         }
     }
@@ -325,10 +510,10 @@ mod x86 {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); R];
         unsafe {
-            let sc = p.scales.as_ptr().add(g * kb * GROUP) as *const __m128i;
+            let sc = p.scales.ptr();
             let qs = p.quants.as_ptr().add(g * kb * GROUP * 32) as *const __m256i;
             for b in 0..kb {
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(sc.add(b)));
+                let d = scales8::<false>(sc, g * kb + b);
                 let mut isum = [_mm256_setzero_si256(); R];
                 for c in 0..8 {
                     let v = _mm256_loadu_si256(qs.add(b * 8 + c));
@@ -347,7 +532,7 @@ mod x86 {
                 }
             }
             for (r, a) in acc.iter().enumerate() {
-                store(out.add((r0 + r) * p.n + g * GROUP), *a);
+                _mm256_storeu_ps(out.add((r0 + r) * p.n + g * GROUP), *a);
             }
         }
     }
@@ -408,32 +593,52 @@ mod tests {
             .collect()
     }
 
-    /// The same quantized dot products, computed plainly in f64 from the ggml blocks.
-    fn scalar_reference(format: Format, data: &[u8], n: usize, k: usize, x: &[f32]) -> Vec<f32> {
+    /// The same quantized dot products, computed plainly in f64 from the ggml blocks (decoded
+    /// by the scalar reference, [`quants::decode`], for all but `Q8_0`).
+    fn scalar_reference(t: GgmlDType, data: &[u8], n: usize, k: usize, x: &[f32]) -> Vec<f32> {
         let act = Act::quantize(x, k);
-        let (kb, qb) = (k / QK, format.qbytes());
+        let kb = k / QK;
+        // Weights as [n][kb] blocks of (q - z) with their scales and offset.
+        let rows: Vec<Vec<([i64; QK], [f64; 2], f64)>> = (0..n)
+            .map(|j| {
+                if t == GgmlDType::Q8_0 {
+                    (0..kb)
+                        .map(|b| {
+                            let blk = &data[(j * kb + b) * 34..][..34];
+                            let d = f16::from_le_bytes([blk[0], blk[1]]).to_f64();
+                            let q: [i64; QK] = std::array::from_fn(|l| blk[2 + l] as i8 as i64);
+                            (q, [d, d], 0.0)
+                        })
+                        .collect()
+                } else {
+                    let (s, bw, bb) = quants::spec(t).unwrap();
+                    let row = &data[j * (k / bw) * bb..(j + 1) * (k / bw) * bb];
+                    let mut blocks = Vec::new();
+                    for c in row.chunks_exact(bb) {
+                        quants::decode(t, c, &mut blocks);
+                    }
+                    blocks
+                        .iter()
+                        .map(|b| {
+                            let q: [i64; QK] =
+                                std::array::from_fn(|l| b.q[l] as i64 - s.zero as i64);
+                            (q, [b.d[0] as f64, b.d[1] as f64], b.m as f64)
+                        })
+                        .collect()
+                }
+            })
+            .collect();
         let m = x.len() / k;
         let mut out = vec![0f32; m * n];
         for i in 0..m {
             for j in 0..n {
                 let mut sum = 0f64;
-                for b in 0..kb {
-                    let blk = &data[(j * kb + b) * (2 + qb)..][..2 + qb];
-                    let d = f16::from_le_bytes([blk[0], blk[1]]).to_f64();
+                for (b, (q, d, off)) in rows[j].iter().enumerate() {
                     let y = &act.qs[(i * kb + b) * QK..][..QK];
-                    let dot: i64 = (0..QK)
-                        .map(|l| {
-                            let q = match format {
-                                Format::Q4_0 => {
-                                    let byte = blk[2 + l % 16];
-                                    (if l < 16 { byte & 15 } else { byte >> 4 }) as i64 - 8
-                                }
-                                Format::Q8_0 => blk[2 + l] as i8 as i64,
-                            };
-                            q * y[l] as i64
-                        })
-                        .sum();
-                    sum += d * act.d[i * kb + b] as f64 * dot as f64;
+                    let ad = act.d[i * kb + b] as f64;
+                    for l in 0..QK {
+                        sum += ad * (d[l / 16] * q[l] as f64 + off) * y[l] as f64;
+                    }
                 }
                 out[i * n + j] = sum as f32;
             }
@@ -458,16 +663,17 @@ mod tests {
         let packed = Packed::from_qtensor(&q).unwrap().expect("packable");
         let ours = x.apply_op1_no_bwd(&packed).unwrap();
         let ours = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let reference = scalar_reference(packed.format, &q.data().unwrap(), n, k, &xv);
+        let reference = scalar_reference(dtype, &q.data().unwrap(), n, k, &xv);
         let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
         // The same integer dot products: only the float summation order differs.
         let worst = max_diff(&ours, &reference);
         assert!(
-            worst <= 1e-5 * scale,
+            worst <= 2e-5 * scale,
             "{dtype:?} {n}x{k} m={m}: max diff {worst} from the scalar reference (scale {scale})"
         );
-        // And against the exact product with the dequantized weights, no worse than candle's
-        // own kernel (the error is that of quantizing the activations to 8 bits).
+        // And against the exact product with the dequantized weights, close to candle's own
+        // kernel (the error is that of quantizing the activations to 8 bits; candle quantizes
+        // them per 256 for the K formats).
         let exact = x
             .matmul(&q.dequantize(&dev).unwrap().t().unwrap())
             .unwrap()
@@ -479,25 +685,30 @@ mod tests {
         let theirs = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let (e_ours, e_theirs) = (max_diff(&ours, &exact), max_diff(&theirs, &exact));
         assert!(
-            e_ours <= 1.05 * e_theirs + 1e-5 * scale,
+            e_ours <= 1.5 * e_theirs + 1e-4 * scale,
             "{dtype:?} {n}x{k} m={m}: error {e_ours} vs candle's {e_theirs}"
         );
     }
 
-    #[test]
-    fn q4_0_matches_candle() {
-        for m in [1, 2, 3, 4, 5, 9] {
-            check(GgmlDType::Q4_0, 40, 96, m);
-        }
-        check(GgmlDType::Q4_0, 256, 2048, 1);
-    }
+    const FORMATS: [GgmlDType; 8] = [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ];
 
     #[test]
-    fn q8_0_matches_candle() {
-        for m in [1, 2, 3, 4, 5, 9] {
-            check(GgmlDType::Q8_0, 40, 96, m);
+    fn every_format_matches_the_scalar_reference_and_candle() {
+        for t in FORMATS {
+            for m in [1, 2, 3, 4, 5, 9] {
+                check(t, 40, 512, m);
+            }
+            check(t, 64, 2048, 1);
         }
-        check(GgmlDType::Q8_0, 256, 2048, 1);
     }
 
     #[test]
@@ -507,13 +718,15 @@ mod tests {
         let q = QTensor::quantize(&w, GgmlDType::Q4_0).unwrap();
         assert!(Packed::from_qtensor(&q).unwrap().is_none(), "n % 8 != 0");
         let w = Tensor::from_vec(random(16 * 256, 3), (16, 256), &dev).unwrap();
-        let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
-        assert!(Packed::from_qtensor(&q).unwrap().is_none(), "Q4_K");
+        let q = QTensor::quantize(&w, GgmlDType::Q2K).unwrap();
+        assert!(Packed::from_qtensor(&q).unwrap().is_none(), "Q2_K");
     }
 
     #[test]
     fn truncated_block_data_is_rejected() {
-        assert!(Packed::from_blocks(Format::Q4_0, 8, 32, &[0u8; 8 * 18 - 1]).is_none());
-        assert!(Packed::from_blocks(Format::Q8_0, 8, 32, &[0u8; 8 * 34]).is_some());
+        assert!(Packed::from_blocks(GgmlDType::Q4_0, 8, 32, &[0u8; 8 * 18 - 1]).is_none());
+        assert!(Packed::from_blocks(GgmlDType::Q8_0, 8, 32, &[0u8; 8 * 34]).is_some());
+        assert!(Packed::from_blocks(GgmlDType::Q4K, 8, 256, &[0u8; 8 * 144 + 1]).is_none());
+        assert!(Packed::from_blocks(GgmlDType::Q6K, 8, 128, &[0u8; 8 * 105]).is_none());
     }
 }

@@ -224,7 +224,7 @@ impl HfCheckpoint {
     }
 }
 
-/// A GGUF file (llama architecture).
+/// A GGUF file (llama or qwen2 architecture).
 pub struct GgufCheckpoint {
     pub config: ModelConfig,
     /// Metadata and tensor index (the tokenizer's vocabulary is in here too).
@@ -233,11 +233,18 @@ pub struct GgufCheckpoint {
 }
 
 impl GgufCheckpoint {
+    /// Reads the metadata and the tensor index, and checks them before anything is allocated
+    /// from them: every tensor's declared size lies within the file, and every tensor the
+    /// config implies is there with its shape (a clear error for truncated or inconsistent
+    /// files, never a panic or an allocation the size of a wrong count).
     pub fn open(path: &Path) -> Result<GgufCheckpoint, ModelError> {
         let mut file = File::open(path).map_err(io(path))?;
-        let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| ModelError::Load(format!("{}: {e}", path.display())))?;
+        let bad = |m: String| ModelError::Load(format!("{}: {m}", path.display()));
+        let content = gguf_file::Content::read(&mut file).map_err(|e| bad(e.to_string()))?;
+        let file_len = file.metadata().map_err(io(path))?.len();
+        check_tensor_extents(&content, file_len).map_err(bad)?;
         let config = ModelConfig::from_gguf(&content)?;
+        check_tensors_present(&content, &config).map_err(bad)?;
         Ok(GgufCheckpoint {
             config,
             content,
@@ -269,8 +276,8 @@ impl GgufCheckpoint {
         Ok(t)
     }
 
-    /// A tensor dequantized to `dtype`, in Hugging Face layout: llama.cpp's converter permutes
-    /// the rows of Q and K so that rotary pairs are adjacent; this undoes it.
+    /// A tensor dequantized to `dtype`, in Hugging Face layout: for `llama` files, llama.cpp's
+    /// converter permutes the rows of Q and K so that rotary pairs are adjacent; this undoes it.
     pub fn dense(&self, w: Weight, dtype: DType, device: &Device) -> Result<Tensor, ModelError> {
         let name = w.gguf_name();
         let t = self
@@ -278,6 +285,7 @@ impl GgufCheckpoint {
             .dequantize(device)
             .map_err(ce(&name))?;
         let heads = match w {
+            _ if !self.config.architecture.gguf_rope_interleaved() => None,
             Weight::Layer(_, LayerWeight::Q) => Some(self.config.num_heads),
             Weight::Layer(_, LayerWeight::K) => Some(self.config.num_kv_heads),
             _ => None,
@@ -293,6 +301,67 @@ impl GgufCheckpoint {
     pub fn into_content(self) -> gguf_file::Content {
         self.content
     }
+}
+
+/// Every tensor's element count and byte size without overflow, whole blocks, and its data
+/// within the file.
+fn check_tensor_extents(ct: &gguf_file::Content, file_len: u64) -> Result<(), String> {
+    for (name, t) in &ct.tensor_infos {
+        let dims = t.shape.dims();
+        let elems = dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+            .ok_or_else(|| format!("tensor {name}: element count of {dims:?} overflows"))?;
+        let (block, size) = (
+            t.ggml_dtype.block_size() as u64,
+            t.ggml_dtype.type_size() as u64,
+        );
+        if elems % block != 0 {
+            return Err(format!(
+                "tensor {name}: {elems} elements are not whole {:?} blocks of {block}",
+                t.ggml_dtype
+            ));
+        }
+        let end = (elems / block)
+            .checked_mul(size)
+            .and_then(|b| b.checked_add(t.offset))
+            .and_then(|b| b.checked_add(ct.tensor_data_offset));
+        if end.is_none_or(|end| end > file_len) {
+            return Err(format!(
+                "tensor {name} ({:?} {dims:?} at offset {}) extends past the end of the file ({file_len} bytes): truncated or corrupt",
+                t.ggml_dtype, t.offset
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every tensor the config implies is in the file with that shape.
+fn check_tensors_present(ct: &gguf_file::Content, c: &ModelConfig) -> Result<(), String> {
+    // Each layer has at least 9 tensors: bounds the layer count before listing the names.
+    if c.num_layers > ct.tensor_infos.len() / LayerWeight::ALL.len() {
+        return Err(format!(
+            "the metadata declares {} layers, the file has {} tensors",
+            c.num_layers,
+            ct.tensor_infos.len()
+        ));
+    }
+    for w in Weight::all(c) {
+        let name = w.gguf_name();
+        let t = ct
+            .tensor_infos
+            .get(&name)
+            .ok_or_else(|| format!("tensor {name} is missing"))?;
+        let want = w.shape(c);
+        // GGUF stores norms and biases as vectors and matrices as [out, in].
+        if t.shape.dims() != want {
+            return Err(format!(
+                "tensor {name} has shape {:?}, the metadata implies {want:?}",
+                t.shape.dims()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Inverse of llama.cpp's `permute` for Q/K (`[heads, 2, d/2, in]` -> `[heads, d/2, 2, in]`):

@@ -7,9 +7,43 @@ use candle_core::quantized::gguf_file;
 use crate::names::Weight;
 use crate::ModelError;
 
+/// The member of the Llama family: what differs is biases on the query/key/value projections
+/// and how GGUF files lay out the rotary dimensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    /// Llama-2, CodeLlama, Mistral (`llama` in GGUF; Q/K rows permuted for adjacent rotary
+    /// pairs by llama.cpp's converter).
+    Llama,
+    /// Qwen2 / Qwen2.5: biases on q, k and v; rotary halves (NeoX) in GGUF too.
+    Qwen2,
+}
+
+impl Architecture {
+    /// Whether q, k and v projections have biases.
+    pub fn qkv_bias(self) -> bool {
+        self == Architecture::Qwen2
+    }
+
+    /// Whether a GGUF file of this architecture stores Q and K rows permuted so that rotary
+    /// pairs are adjacent (llama.cpp's `LLM_ARCH_LLAMA`); otherwise they rotate halves as in
+    /// Hugging Face checkpoints.
+    pub fn gguf_rope_interleaved(self) -> bool {
+        self == Architecture::Llama
+    }
+
+    /// The GGUF `general.architecture` name (also the prefix of its hyper-parameter keys).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Qwen2 => "qwen2",
+        }
+    }
+}
+
 /// What the forward pass needs to know about a Llama-family model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
+    pub architecture: Architecture,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -72,10 +106,24 @@ impl ModelConfig {
         let v: Value = serde_json::from_str(text)
             .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
         let model_type = v["model_type"].as_str().unwrap_or("llama");
-        if !matches!(model_type, "llama" | "codellama" | "mistral") {
-            return Err(ModelError::Config(format!(
-                "config.json: model_type {model_type:?} is not a Llama-family model"
-            )));
+        let architecture = match model_type {
+            "llama" | "codellama" | "mistral" => Architecture::Llama,
+            "qwen2" => Architecture::Qwen2,
+            _ => {
+                return Err(ModelError::Config(format!(
+                    "config.json: model_type {model_type:?} is not a Llama-family model (llama, mistral, qwen2)"
+                )))
+            }
+        };
+        if architecture == Architecture::Llama && v["attention_bias"].as_bool() == Some(true) {
+            return Err(ModelError::Config(
+                "config.json: attention_bias (biases on q/k/v/o) is not supported".into(),
+            ));
+        }
+        if v["mlp_bias"].as_bool() == Some(true) {
+            return Err(ModelError::Config(
+                "config.json: mlp_bias is not supported".into(),
+            ));
         }
         let hidden_size = usize_field(&v, "hidden_size")?;
         let num_heads = usize_field(&v, "num_attention_heads")?;
@@ -112,7 +160,20 @@ impl ModelConfig {
                 "config.json: rope_type {rope_kind:?} is not supported"
             )));
         }
+        let mut max_position_embeddings =
+            v["max_position_embeddings"].as_u64().unwrap_or(4096) as usize;
+        // Sliding-window attention (Mistral 7B v0.1, Qwen2 with use_sliding_window) equals full
+        // attention up to the window: the context is limited to it.
+        let window = v["sliding_window"].as_u64().map(|w| w as usize);
+        let uses_window = match architecture {
+            Architecture::Qwen2 => v["use_sliding_window"].as_bool().unwrap_or(false),
+            Architecture::Llama => true,
+        };
+        if let Some(w) = window.filter(|w| uses_window && *w > 0) {
+            max_position_embeddings = max_position_embeddings.min(w);
+        }
         let c = ModelConfig {
+            architecture,
             vocab_size: usize_field(&v, "vocab_size")?,
             hidden_size,
             intermediate_size: usize_field(&v, "intermediate_size")?,
@@ -122,7 +183,7 @@ impl ModelConfig {
             head_dim,
             rms_norm_eps: v["rms_norm_eps"].as_f64().unwrap_or(1e-6),
             rope_theta,
-            max_position_embeddings: v["max_position_embeddings"].as_u64().unwrap_or(4096) as usize,
+            max_position_embeddings,
             tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
             bos_token_id: ids(&v["bos_token_id"]).first().copied(),
             eos_token_ids: ids(&v["eos_token_id"]),
@@ -135,21 +196,34 @@ impl ModelConfig {
         Ok(c)
     }
 
-    /// Reads the model hyper-parameters from GGUF metadata (`llama.*`).
+    /// Reads the model hyper-parameters from GGUF metadata (`llama.*`, `qwen2.*`).
     pub fn from_gguf(ct: &gguf_file::Content) -> Result<ModelConfig, ModelError> {
         let arch = meta(ct, "general.architecture")
             .and_then(|v| v.to_string().ok().cloned())
             .unwrap_or_default();
-        if arch != "llama" {
+        let architecture = match arch.as_str() {
+            "llama" => Architecture::Llama,
+            "qwen2" => Architecture::Qwen2,
+            _ => {
+                return Err(ModelError::Load(format!(
+                    "GGUF architecture {arch:?} is not supported (llama, qwen2)"
+                )))
+            }
+        };
+        let key = |k: &str| format!("{arch}.{k}");
+        let scaling = meta(ct, &key("rope.scaling.type"))
+            .and_then(|v| v.to_string().ok().cloned())
+            .unwrap_or_default();
+        if !matches!(scaling.as_str(), "" | "none") {
             return Err(ModelError::Load(format!(
-                "GGUF architecture {arch:?} is not supported (llama only)"
+                "GGUF rope scaling {scaling:?} is not supported"
             )));
         }
-        let hidden = meta_usize(ct, "llama.embedding_length")?;
-        let heads = meta_usize(ct, "llama.attention.head_count")?;
-        let kv = meta_usize(ct, "llama.attention.head_count_kv").unwrap_or(heads);
+        let hidden = meta_usize(ct, &key("embedding_length"))?;
+        let heads = meta_usize(ct, &key("attention.head_count"))?;
+        let kv = meta_usize(ct, &key("attention.head_count_kv")).unwrap_or(heads);
         let head_dim =
-            meta_usize(ct, "llama.attention.key_length").unwrap_or(hidden / heads.max(1));
+            meta_usize(ct, &key("attention.key_length")).unwrap_or(hidden / heads.max(1));
         let embed = Weight::Embed.gguf_name();
         let vocab = ct
             .tensor_infos
@@ -157,16 +231,17 @@ impl ModelConfig {
             .and_then(|t| t.shape.dims().first().copied())
             .ok_or_else(|| ModelError::Load(format!("GGUF tensor {embed} is missing")))?;
         let c = ModelConfig {
+            architecture,
             vocab_size: vocab,
             hidden_size: hidden,
-            intermediate_size: meta_usize(ct, "llama.feed_forward_length")?,
-            num_layers: meta_usize(ct, "llama.block_count")?,
+            intermediate_size: meta_usize(ct, &key("feed_forward_length"))?,
+            num_layers: meta_usize(ct, &key("block_count"))?,
             num_heads: heads,
             num_kv_heads: kv,
             head_dim,
-            rms_norm_eps: meta_f64(ct, "llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
-            rope_theta: meta_f64(ct, "llama.rope.freq_base").unwrap_or(10_000.0),
-            max_position_embeddings: meta_usize(ct, "llama.context_length").unwrap_or(4096),
+            rms_norm_eps: meta_f64(ct, &key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+            rope_theta: meta_f64(ct, &key("rope.freq_base")).unwrap_or(10_000.0),
+            max_position_embeddings: meta_usize(ct, &key("context_length")).unwrap_or(4096),
             tie_word_embeddings: !ct.tensor_infos.contains_key(&Weight::LmHead.gguf_name()),
             bos_token_id: meta_u32(ct, "tokenizer.ggml.bos_token_id"),
             eos_token_ids: meta_u32(ct, "tokenizer.ggml.eos_token_id")
@@ -235,6 +310,29 @@ mod tests {
         assert_eq!(c.num_kv_heads, 4);
         assert_eq!(c.eos_token_ids, vec![2, 7]);
         assert!(ModelConfig::from_hf_json(r#"{"model_type":"bert"}"#).is_err());
+        let q = ModelConfig::from_hf_json(
+            r#"{"model_type":"qwen2","vocab_size":300,"hidden_size":64,"intermediate_size":172,
+            "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"rope_theta":1000000.0,
+            "max_position_embeddings":32768,"sliding_window":4096,"use_sliding_window":false,"tie_word_embeddings":true}"#,
+        )
+        .unwrap();
+        assert_eq!(q.architecture, Architecture::Qwen2);
+        assert!(q.architecture.qkv_bias() && !q.architecture.gguf_rope_interleaved());
+        assert_eq!(q.max_position_embeddings, 32768);
+        let m = ModelConfig::from_hf_json(
+            r#"{"model_type":"mistral","vocab_size":300,"hidden_size":64,"intermediate_size":172,
+            "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
+            "max_position_embeddings":32768,"sliding_window":4096}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (m.architecture, m.max_position_embeddings),
+            (Architecture::Llama, 4096)
+        );
+        assert!(ModelConfig::from_hf_json(
+            r#"{"vocab_size":300,"hidden_size":64,"intermediate_size":172,"num_hidden_layers":2,"num_attention_heads":4,"attention_bias":true}"#
+        )
+        .is_err());
         assert!(ModelConfig::from_hf_json(
             r#"{"vocab_size":300,"hidden_size":64,"intermediate_size":172,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":3}"#
         )

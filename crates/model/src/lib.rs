@@ -6,13 +6,15 @@
 //! * [`checkpoint::Checkpoint`]: a checkpoint as published (a Hugging Face directory with single
 //!   or sharded safetensors or PyTorch `.bin` shards, or a GGUF file), read tensor by tensor.
 //! * [`tokenizer::Tok`]: `tokenizer.json` with its side files' special tokens, or a GGUF's own
-//!   vocabulary tokenised as llama.cpp does ([`spm`]).
+//!   vocabulary tokenised as llama.cpp does ([`spm`] for SentencePiece, [`bpe`] for byte-level
+//!   BPE).
 //! * [`llama::Llama`]: a plain, differentiable Llama forward on candle ops that all have a
 //!   backward pass (logits at every position; position ids and attention masks for packed
 //!   sequences), with weights held as [`candle_nn::VarMap`] variables.
 //!
 //! No generation, no KV cache, no fast kernels: those live in the engine.
 
+pub mod bpe;
 pub mod checkpoint;
 pub mod config;
 pub mod llama;
@@ -22,10 +24,20 @@ mod st;
 pub mod tokenizer;
 
 pub use checkpoint::{Checkpoint, GgufCheckpoint, HfCheckpoint};
-pub use config::ModelConfig;
+pub use config::{Architecture, ModelConfig};
 pub use llama::Llama;
 pub use names::{LayerWeight, Weight};
 pub use tokenizer::Tok;
+
+/// Where real model files are looked for by the tests and benchmarks that need them:
+/// `$MATHCODER_MODELS`, else `~/.cache/mathcoder/models`. Such tests skip when a file is absent.
+pub fn models_dir() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("MATHCODER_MODELS").filter(|d| !d.is_empty()) {
+        return d.into();
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    std::path::Path::new(&home).join(".cache/mathcoder/models")
+}
 
 /// Why a model, checkpoint or tokenizer could not be used.
 #[derive(Debug, thiserror::Error)]

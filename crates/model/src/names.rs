@@ -16,6 +16,10 @@ pub enum LayerWeight {
     Gate,
     Up,
     Down,
+    /// Biases of the q, k and v projections (Qwen2).
+    QBias,
+    KBias,
+    VBias,
 }
 
 impl LayerWeight {
@@ -31,6 +35,10 @@ impl LayerWeight {
         LayerWeight::Down,
     ];
 
+    /// The biases of architectures that have them ([`crate::config::Architecture::qkv_bias`]).
+    pub const QKV_BIAS: [LayerWeight; 3] =
+        [LayerWeight::QBias, LayerWeight::KBias, LayerWeight::VBias];
+
     fn hf(self) -> &'static str {
         match self {
             LayerWeight::AttnNorm => "input_layernorm.weight",
@@ -42,6 +50,9 @@ impl LayerWeight {
             LayerWeight::Gate => "mlp.gate_proj.weight",
             LayerWeight::Up => "mlp.up_proj.weight",
             LayerWeight::Down => "mlp.down_proj.weight",
+            LayerWeight::QBias => "self_attn.q_proj.bias",
+            LayerWeight::KBias => "self_attn.k_proj.bias",
+            LayerWeight::VBias => "self_attn.v_proj.bias",
         }
     }
 
@@ -56,6 +67,9 @@ impl LayerWeight {
             LayerWeight::Gate => "ffn_gate.weight",
             LayerWeight::Up => "ffn_up.weight",
             LayerWeight::Down => "ffn_down.weight",
+            LayerWeight::QBias => "attn_q.bias",
+            LayerWeight::KBias => "attn_k.bias",
+            LayerWeight::VBias => "attn_v.bias",
         }
     }
 }
@@ -111,6 +125,8 @@ impl Weight {
                 LayerWeight::O => vec![h, q],
                 LayerWeight::Gate | LayerWeight::Up => vec![ff, h],
                 LayerWeight::Down => vec![h, ff],
+                LayerWeight::QBias => vec![q],
+                LayerWeight::KBias | LayerWeight::VBias => vec![kv],
             },
         }
     }
@@ -126,11 +142,14 @@ impl Weight {
     }
 
     /// Every tensor of a model with this config, in checkpoint order (`lm_head` only when
-    /// untied).
+    /// untied, q/k/v biases only for architectures that have them).
     pub fn all(c: &ModelConfig) -> Vec<Weight> {
         let mut v = vec![Weight::Embed];
         for i in 0..c.num_layers {
             v.extend(LayerWeight::ALL.iter().map(|w| Weight::Layer(i, *w)));
+            if c.architecture.qkv_bias() {
+                v.extend(LayerWeight::QKV_BIAS.iter().map(|w| Weight::Layer(i, *w)));
+            }
         }
         v.push(Weight::FinalNorm);
         if !c.tie_word_embeddings {

@@ -123,16 +123,26 @@ impl Tok {
         })
     }
 
-    /// The vocabulary embedded in a GGUF file (`tokenizer.ggml.model == "llama"`), tokenised as
-    /// llama.cpp does.
+    /// The vocabulary embedded in a GGUF file, tokenised as llama.cpp does: SentencePiece
+    /// (`tokenizer.ggml.model == "llama"`, [`crate::spm`]) or byte-level BPE (`gpt2`,
+    /// [`crate::bpe`]).
     pub fn from_gguf(ct: &gguf_file::Content) -> Result<Tok, ModelError> {
         let get = |k: &str| ct.metadata.get(k);
         let model = get("tokenizer.ggml.model")
             .and_then(|v| v.to_string().ok().cloned())
             .unwrap_or_default();
+        if model == "gpt2" {
+            let b = crate::bpe::from_gguf(ct)?;
+            return Ok(Tok {
+                inner: Inner::Hf(Box::new(b.tokenizer)),
+                special: b.control.into_iter().collect(),
+                bos: b.bos,
+                eos: b.eos,
+            });
+        }
         if model != "llama" {
             return Err(ModelError::Tokenizer(format!(
-                "GGUF tokenizer model {model:?} is not supported (llama only); pass a tokenizer.json"
+                "GGUF tokenizer model {model:?} is not supported (llama, gpt2); pass a tokenizer.json"
             )));
         }
         let tokens: Vec<String> = get("tokenizer.ggml.tokens")
