@@ -142,7 +142,14 @@ fn from_gguf(ckpt: GgufCheckpoint, opts: &LoadOptions) -> Result<(Model, GgufInf
         Linear::quantized(ckpt.qtensor(w, dev)?).map_err(ce(&w.gguf_name()))
     };
     let embed_q = ckpt.qtensor(Weight::Embed, dev)?;
-    let format = format!("{:?}", embed_q.dtype()).to_lowercase();
+    let format = ckpt
+        .content
+        .metadata
+        .get("general.file_type")
+        .and_then(|v| v.to_u32().ok())
+        .and_then(file_type_name)
+        .map(String::from)
+        .unwrap_or_else(|| format!("{:?}", embed_q.dtype()).to_lowercase());
     let embed_q = Arc::new(embed_q);
     let mut layers = Vec::new();
     for i in 0..c.num_layers {
@@ -208,4 +215,28 @@ fn from_gguf(ckpt: GgufCheckpoint, opts: &LoadOptions) -> Result<(Model, GgufInf
             content: ckpt.into_content(),
         },
     ))
+}
+
+/// llama.cpp's name for a GGUF `general.file_type` (`llama_ftype`): the mix of quant types.
+fn file_type_name(t: u32) -> Option<&'static str> {
+    Some(match t {
+        0 => "f32",
+        1 => "f16",
+        2 => "q4_0",
+        3 => "q4_1",
+        7 => "q8_0",
+        8 => "q5_0",
+        9 => "q5_1",
+        10 => "q2_k",
+        11 => "q3_k_s",
+        12 => "q3_k_m",
+        13 => "q3_k_l",
+        14 => "q4_k_s",
+        15 => "q4_k_m",
+        16 => "q5_k_s",
+        17 => "q5_k_m",
+        18 => "q6_k",
+        32 => "bf16",
+        _ => return None,
+    })
 }

@@ -15,8 +15,9 @@
 //! * Every other format is decoded at load ([`crate::quants`]) to unsigned `q` with
 //!   `w = d·(q − z) + m` per 32 weights: `Σ w·y = d·(Σ q·y − z·Σ y) + m·Σ y`, so `q` goes
 //!   straight into `vpmaddubsw` (unsigned × signed), and the activation block sums are
-//!   computed once. 4-bit formats stay nibbles (`Q4_0`, `Q4_1`, `Q4_K`); 5- and 6-bit ones are
-//!   stored as bytes. Scales are f16 where the file's are, f32 for the K formats' products of
+//!   computed once. 4-bit formats stay nibbles (`Q4_0`, `Q4_1`, `Q4_K`); 5-bit ones (`Q5_0`,
+//!   `Q5_1`, `Q5_K`) are nibbles plus a plane of fifth bits, spread back into bytes with one
+//!   shuffle and a compare per 32 values; 6-bit `Q6_K` is stored as bytes. Scales are f16 where the file's are, f32 for the K formats' products of
 //!   super-block and sub-block scales; `Q6_K` has two scales per 32 weights.
 //!
 //! Work is split over candle's own thread pool (the one its other CPU kernels use), by groups
@@ -35,6 +36,8 @@ use crate::quants::{self, Spec, QK};
 const GROUP: usize = 8;
 /// Activation rows applied to one weight group per pass.
 const ROW_TILE: usize = 4;
+/// Multiply-adds below which a product runs on the calling thread only.
+const SERIAL_MACS: usize = 1 << 21;
 
 /// How a packed matrix is multiplied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +52,7 @@ impl Format {
     /// Bytes of quantized values per row per block.
     fn qbytes(self) -> usize {
         match self {
-            Format::Unsigned(s) if s.nibbles => QK / 2,
+            Format::Unsigned(s) if s.bits <= 5 => QK / 2,
             _ => QK,
         }
     }
@@ -111,6 +114,9 @@ pub(crate) struct Packed {
     /// `[n/8][k/32][qbytes/4][8][4]` quantized values (nibbles: byte `j` holds weights `j`
     /// and `j + 16`).
     quants: Vec<u8>,
+    /// 5-bit formats: `[n/8][k/32][8]` fifth bits; byte `c` of a row's word holds those of
+    /// quant bytes `4c..4c+4` (bits 0-3: their low nibbles' weights, bits 4-7: their high).
+    high: Vec<u32>,
 }
 
 /// Whether this CPU runs our kernels.
@@ -160,6 +166,7 @@ impl Packed {
         let mut scales = Scales::new(spec.f32_scales, n * kb * ns);
         let mut offsets = spec.offset.then(|| Scales::new(spec.f32_scales, n * kb));
         let mut quants = vec![0u8; n * kb * qb];
+        let mut high = vec![0u32; if spec.bits == 5 { n * kb } else { 0 }];
         let mut blocks = Vec::with_capacity(kb);
         for row in 0..n {
             let (g, r) = (row / GROUP, row % GROUP);
@@ -176,9 +183,17 @@ impl Packed {
                     o.set(gb * GROUP + r, blk.m);
                 }
                 let mut bytes = [0u8; QK];
-                if spec.nibbles {
+                if spec.bits <= 5 {
+                    let mut h = 0u32;
                     for j in 0..QK / 2 {
-                        bytes[j] = blk.q[j] | (blk.q[j + QK / 2] << 4);
+                        let (a, b) = (blk.q[j], blk.q[j + QK / 2]);
+                        bytes[j] = (a & 15) | ((b & 15) << 4);
+                        let (c, l) = (j / 4, j % 4);
+                        h |= (((a >> 4) & 1) as u32) << (8 * c + l);
+                        h |= (((b >> 4) & 1) as u32) << (8 * c + 4 + l);
+                    }
+                    if spec.bits == 5 {
+                        high[gb * GROUP + r] = h;
                     }
                 } else {
                     bytes = blk.q;
@@ -196,6 +211,7 @@ impl Packed {
             scales,
             offsets,
             quants,
+            high,
         })
     }
 
@@ -227,11 +243,15 @@ impl Packed {
             scales: Scales::F16(scales),
             offsets: None,
             quants,
+            high: Vec::new(),
         })
     }
 
     pub(crate) fn bytes(&self) -> usize {
-        self.scales.bytes() + self.offsets.as_ref().map_or(0, Scales::bytes) + self.quants.len()
+        self.scales.bytes()
+            + self.offsets.as_ref().map_or(0, Scales::bytes)
+            + self.quants.len()
+            + self.high.len() * 4
     }
 
     /// `out[i, j] = Σ_l x[i, l] · w[j, l]` for `x` of `m` rows of `k` values; `out` has `m·n`.
@@ -244,8 +264,7 @@ impl Packed {
         let groups = n / GROUP;
         let tiles = m.div_ceil(ROW_TILE);
         let out_ptr = SendPtr(out.as_mut_ptr());
-        let pool = candle_core::utils::barrier_pool();
-        pool.execute_chunked(groups * tiles, |items| {
+        let work = |items: std::ops::Range<usize>| {
             let out_ptr = &out_ptr;
             for item in items {
                 let (g, t) = (item / tiles, item % tiles);
@@ -256,7 +275,15 @@ impl Packed {
                 // (r0 + rows <= m, g < n/8).
                 unsafe { self.group(g, r0, rows, &act, out_ptr.0) }
             }
-        });
+        };
+        // A small product (a decode step of a small model) costs less than waking the pool's
+        // workers, and much less when the cores are shared and a spinning worker is
+        // descheduled: run it on this thread.
+        if m * n * k < SERIAL_MACS {
+            work(0..groups * tiles);
+        } else {
+            candle_core::utils::barrier_pool().execute_chunked(groups * tiles, work);
+        }
     }
 
     /// Output rows `8g..8g+8` for activation rows `r0..r0+rows`.
@@ -279,14 +306,14 @@ impl Packed {
         unsafe {
             match self.format {
                 Format::Q8_0 => rows!(q8_0),
-                Format::Unsigned(s) => match (s.nibbles, s.halves, s.offset, s.f32_scales) {
-                    (true, false, false, false) => rows!(unsigned, true, false, false, false),
-                    (true, false, true, false) => rows!(unsigned, true, false, true, false),
-                    (true, false, true, true) => rows!(unsigned, true, false, true, true),
-                    (false, false, false, false) => rows!(unsigned, false, false, false, false),
-                    (false, false, true, false) => rows!(unsigned, false, false, true, false),
-                    (false, false, true, true) => rows!(unsigned, false, false, true, true),
-                    (false, true, false, true) => rows!(unsigned, false, true, false, true),
+                Format::Unsigned(s) => match (s.bits, s.halves, s.offset, s.f32_scales) {
+                    (4, false, false, false) => rows!(unsigned, 4, false, false, false),
+                    (4, false, true, false) => rows!(unsigned, 4, false, true, false),
+                    (4, false, true, true) => rows!(unsigned, 4, false, true, true),
+                    (5, false, false, false) => rows!(unsigned, 5, false, false, false),
+                    (5, false, true, false) => rows!(unsigned, 5, false, true, false),
+                    (5, false, true, true) => rows!(unsigned, 5, false, true, true),
+                    (6, true, false, true) => rows!(unsigned, 6, true, false, true),
                     other => unreachable!("no kernel for the layout {other:?}"),
                 },
             }
@@ -395,12 +422,28 @@ mod x86 {
         }
     }
 
-    /// Formats decoded to unsigned values: `NIB` nibbles (else bytes), `HALVES` two scales per
-    /// block, `OFF` block offsets, `F32` f32 scales (else f16).
+    /// Byte `c` of each 32-bit lane copied to the lane's 4 bytes (for `vpshufb`).
+    const SPREAD: [[u8; 32]; 4] = {
+        let mut m = [[0u8; 32]; 4];
+        let mut c = 0;
+        while c < 4 {
+            let mut p = 0;
+            while p < 32 {
+                m[c][p] = ((p % 16) / 4 * 4 + c) as u8;
+                p += 1;
+            }
+            c += 1;
+        }
+        m
+    };
+
+    /// Formats decoded to unsigned values of `BITS` bits (4: nibbles, 5: nibbles and fifth
+    /// bits, 6: bytes), `HALVES` two scales per block, `OFF` block offsets, `F32` f32 scales
+    /// (else f16).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn unsigned<
         const R: usize,
-        const NIB: bool,
+        const BITS: u8,
         const HALVES: bool,
         const OFF: bool,
         const F32: bool,
@@ -416,7 +459,7 @@ mod x86 {
         };
         let kb = act.kb;
         let ns = if HALVES { 2 } else { 1 };
-        let qb = if NIB { QK / 2 } else { QK };
+        let qb = if BITS <= 5 { QK / 2 } else { QK };
         let low = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
         let zero = spec.zero;
@@ -429,7 +472,42 @@ mod x86 {
                 let gb = g * kb + b;
                 // Integer dot products per row lane: [R][half].
                 let mut dots = [[_mm256_setzero_si256(); 2]; R];
-                if NIB {
+                if BITS == 5 {
+                    let hv = _mm256_loadu_si256(p.high.as_ptr().add(gb * GROUP) as *const __m256i);
+                    let (m_lo, m_hi) = (
+                        _mm256_set1_epi32(0x0804_0201),
+                        _mm256_set1_epi32(0x8040_2010u32 as i32),
+                    );
+                    let five = _mm256_set1_epi8(0x10);
+                    for c in 0..4 {
+                        let v = _mm256_loadu_si256(qs.add(b * 4 + c));
+                        let hb = _mm256_shuffle_epi8(
+                            hv,
+                            _mm256_loadu_si256(SPREAD[c].as_ptr() as *const __m256i),
+                        );
+                        let bit_lo = _mm256_and_si256(
+                            _mm256_cmpeq_epi8(_mm256_and_si256(hb, m_lo), m_lo),
+                            five,
+                        );
+                        let bit_hi = _mm256_and_si256(
+                            _mm256_cmpeq_epi8(_mm256_and_si256(hb, m_hi), m_hi),
+                            five,
+                        );
+                        let lo = _mm256_or_si256(_mm256_and_si256(v, low), bit_lo);
+                        let hi =
+                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), bit_hi);
+                        for (r, d) in dots.iter_mut().enumerate() {
+                            let ylo = bcast(act, r0 + r, b, 4 * c);
+                            let yhi = bcast(act, r0 + r, b, 16 + 4 * c);
+                            // 4 products of at most 31·127 per i16 lane: no overflow.
+                            let s = _mm256_add_epi16(
+                                _mm256_maddubs_epi16(lo, ylo),
+                                _mm256_maddubs_epi16(hi, yhi),
+                            );
+                            d[0] = _mm256_add_epi32(d[0], _mm256_madd_epi16(s, ones));
+                        }
+                    }
+                } else if BITS == 4 {
                     let mut isum = [_mm256_setzero_si256(); R];
                     for c in 0..4 {
                         let v = _mm256_loadu_si256(qs.add(b * 4 + c));

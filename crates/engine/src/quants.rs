@@ -16,8 +16,9 @@ pub(crate) const QK: usize = 32;
 /// How a format's decoded blocks are stored and multiplied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Spec {
-    /// Values fit in 4 bits (stored as nibbles), else in 6 bits (stored as bytes).
-    pub nibbles: bool,
+    /// Bits per value: 4 (stored as nibbles), 5 (nibbles and a plane of fifth bits) or 6
+    /// (stored as bytes).
+    pub bits: u8,
     /// The zero point `z`.
     pub zero: i32,
     /// Two scales per block, for weights 0..16 and 16..32.
@@ -38,21 +39,21 @@ pub(crate) struct Block {
 
 /// The ggml formats we decode, with their block sizes in weights and bytes.
 pub(crate) fn spec(t: GgmlDType) -> Option<(Spec, usize, usize)> {
-    let s = |nibbles, zero, halves, offset, f32_scales| Spec {
-        nibbles,
+    let s = |bits, zero, halves, offset, f32_scales| Spec {
+        bits,
         zero,
         halves,
         offset,
         f32_scales,
     };
     Some(match t {
-        GgmlDType::Q4_0 => (s(true, 8, false, false, false), 32, 18),
-        GgmlDType::Q4_1 => (s(true, 0, false, true, false), 32, 20),
-        GgmlDType::Q5_0 => (s(false, 16, false, false, false), 32, 22),
-        GgmlDType::Q5_1 => (s(false, 0, false, true, false), 32, 24),
-        GgmlDType::Q4K => (s(true, 0, false, true, true), 256, 144),
-        GgmlDType::Q5K => (s(false, 0, false, true, true), 256, 176),
-        GgmlDType::Q6K => (s(false, 32, true, false, true), 256, 210),
+        GgmlDType::Q4_0 => (s(4, 8, false, false, false), 32, 18),
+        GgmlDType::Q4_1 => (s(4, 0, false, true, false), 32, 20),
+        GgmlDType::Q5_0 => (s(5, 16, false, false, false), 32, 22),
+        GgmlDType::Q5_1 => (s(5, 0, false, true, false), 32, 24),
+        GgmlDType::Q4K => (s(4, 0, false, true, true), 256, 144),
+        GgmlDType::Q5K => (s(5, 0, false, true, true), 256, 176),
+        GgmlDType::Q6K => (s(6, 32, true, false, true), 256, 210),
         _ => return None,
     })
 }
@@ -226,7 +227,7 @@ mod tests {
                 );
             }
             let max_q = blocks.iter().flat_map(|b| b.q).max().unwrap();
-            assert!(max_q < if s.nibbles { 16 } else { 64 }, "{t:?}: q {max_q}");
+            assert!(max_q < 1 << s.bits, "{t:?}: q {max_q}");
         }
     }
 }
