@@ -185,9 +185,9 @@ impl Packed {
                 let mut bytes = [0u8; QK];
                 if spec.bits <= 5 {
                     let mut h = 0u32;
-                    for j in 0..QK / 2 {
+                    for (j, byte) in bytes.iter_mut().take(QK / 2).enumerate() {
                         let (a, b) = (blk.q[j], blk.q[j + QK / 2]);
-                        bytes[j] = (a & 15) | ((b & 15) << 4);
+                        *byte = (a & 15) | ((b & 15) << 4);
                         let (c, l) = (j / 4, j % 4);
                         h |= (((a >> 4) & 1) as u32) << (8 * c + l);
                         h |= (((b >> 4) & 1) as u32) << (8 * c + 4 + l);
@@ -479,11 +479,11 @@ mod x86 {
                         _mm256_set1_epi32(0x8040_2010u32 as i32),
                     );
                     let five = _mm256_set1_epi8(0x10);
-                    for c in 0..4 {
+                    for (c, spread) in SPREAD.iter().enumerate() {
                         let v = _mm256_loadu_si256(qs.add(b * 4 + c));
                         let hb = _mm256_shuffle_epi8(
                             hv,
-                            _mm256_loadu_si256(SPREAD[c].as_ptr() as *const __m256i),
+                            _mm256_loadu_si256(spread.as_ptr() as *const __m256i),
                         );
                         let bit_lo = _mm256_and_si256(
                             _mm256_cmpeq_epi8(_mm256_and_si256(hb, m_lo), m_lo),
@@ -677,7 +677,8 @@ mod tests {
         let act = Act::quantize(x, k);
         let kb = k / QK;
         // Weights as [n][kb] blocks of (q - z) with their scales and offset.
-        let rows: Vec<Vec<([i64; QK], [f64; 2], f64)>> = (0..n)
+        type Row = Vec<([i64; QK], [f64; 2], f64)>;
+        let rows: Vec<Row> = (0..n)
             .map(|j| {
                 if t == GgmlDType::Q8_0 {
                     (0..kb)

@@ -7,6 +7,9 @@
 //! weights dequantized) as llama.cpp's own quantized computation is. When the f32 copy
 //! (`NAME.f32.gguf`, `llama-quantize --allow-requantize IN OUT F32`) is there too, our f32
 //! logits must equal llama.cpp's closely, which checks the architecture itself.
+//!
+//! A few minutes in a debug build, so not part of `cargo test`:
+//! `cargo test --release -p mathcoder-engine --test real_models -- --ignored --nocapture`.
 
 use mathcoder_engine::{load, LoadOptions};
 use serde_json::Value;
@@ -28,6 +31,7 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[test]
+#[ignore = "minutes in a debug build; needs the real models (see the module doc)"]
 fn real_gguf_logits_within_llama_cpp_error() {
     let fixture =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real-gguf-logits.json");
