@@ -103,13 +103,30 @@ fn status_kb(key: &str) -> Option<f64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Seconds spent in the parts of a step.
+#[derive(Default)]
+struct Parts {
+    forward: f64,
+    backward: f64,
+    optimizer: f64,
+}
+
 /// One training step as the trainer takes it: loss on every next token (token mean), backward,
 /// clipping at 1.0, AdamW.
-fn step(model: &Llama, opt: &mut AdamW, ids: &Tensor, targets: &Tensor) -> Result<f64> {
+fn step(
+    model: &Llama,
+    opt: &mut AdamW,
+    ids: &Tensor,
+    targets: &Tensor,
+    parts: &mut Parts,
+) -> Result<f64> {
     let (b, t) = ids.dims2()?;
+    let t0 = Instant::now();
     let h = model.hidden_states(ids, None, None)?;
     let h = h.narrow(1, 0, t - 1)?.reshape((b * (t - 1), ()))?;
     let loss = (nll(&model.logits(&h)?, targets)?.sum_all()? / (b * (t - 1)) as f64)?;
+    let value = f64::from(loss.to_scalar::<f32>()?);
+    let t1 = Instant::now();
     let grads = loss.backward()?;
     let mut g = opt
         .vars
@@ -121,9 +138,14 @@ fn step(model: &Llama, opt: &mut AdamW, ids: &Tensor, targets: &Tensor) -> Resul
                 .with_context(|| format!("{n} got no gradient"))
         })
         .collect::<Result<Vec<_>>>()?;
+    let t2 = Instant::now();
     clip_grad_norm(&mut g, 1.0)?;
     opt.step(&g, 1e-5)?;
-    Ok(f64::from(loss.to_scalar::<f32>()?))
+    let t3 = Instant::now();
+    parts.forward += (t1 - t0).as_secs_f64();
+    parts.backward += (t2 - t1).as_secs_f64();
+    parts.optimizer += (t3 - t2).as_secs_f64();
+    Ok(value)
 }
 
 fn child(a: &TrainBenchArgs) -> Result<i32> {
@@ -157,12 +179,13 @@ fn child(a: &TrainBenchArgs) -> Result<i32> {
     let ids = Tensor::from_vec(ids, (b, t), &device)?;
     let targets = Tensor::from_vec(targets, b * (t - 1), &device)?;
     for _ in 0..a.warmup {
-        step(&model, &mut opt, &ids, &targets)?;
+        step(&model, &mut opt, &ids, &targets, &mut Parts::default())?;
     }
     let t0 = Instant::now();
     let mut loss = 0.0;
+    let mut parts = Parts::default();
     for _ in 0..a.steps {
-        loss = step(&model, &mut opt, &ids, &targets)?;
+        loss = step(&model, &mut opt, &ids, &targets, &mut parts)?;
     }
     let secs = t0.elapsed().as_secs_f64();
     println!(
@@ -173,6 +196,9 @@ fn child(a: &TrainBenchArgs) -> Result<i32> {
             "tok_s": (b * t * a.steps) as f64 / secs,
             "step_s": secs / a.steps as f64,
             "loss": loss,
+            "forward_s": parts.forward / a.steps as f64,
+            "backward_s": parts.backward / a.steps as f64,
+            "optimizer_s": parts.optimizer / a.steps as f64,
             "peak_rss_mb": status_kb("VmHWM:").map(|k| k / 1024.0),
         })
     );
@@ -261,11 +287,15 @@ pub fn train(a: TrainBenchArgs) -> Result<i32> {
             let ratio = ours["tok_s"].as_f64().unwrap_or(f64::NAN)
                 / theirs["tok_s"].as_f64().unwrap_or(f64::NAN);
             if !a.json {
+                let f = |k: &str| ours[k].as_f64().unwrap_or(f64::NAN);
                 eprintln!(
-                    "{} pair {}: ours {:.1} tok/s, PyTorch {} tok/s{}",
+                    "{} pair {}: ours {:.1} tok/s (step: forward {:.2} s, backward {:.2} s, clip+AdamW {:.2} s), PyTorch {} tok/s{}",
                     shape.name(),
                     p + 1,
-                    ours["tok_s"].as_f64().unwrap_or(f64::NAN),
+                    f("tok_s"),
+                    f("forward_s"),
+                    f("backward_s"),
+                    f("optimizer_s"),
                     theirs["tok_s"]
                         .as_f64()
                         .map_or("-".into(), |x| format!("{x:.1}")),
@@ -279,10 +309,7 @@ pub fn train(a: TrainBenchArgs) -> Result<i32> {
             pairs.push(json!({"ours": ours, "pytorch": theirs, "ratio": ratio}));
         }
         let col = |side: &str, key: &str| -> Vec<f64> {
-            pairs
-                .iter()
-                .filter_map(|p| p[side][key].as_f64())
-                .collect()
+            pairs.iter().filter_map(|p| p[side][key].as_f64()).collect()
         };
         let ratios: Vec<f64> = pairs
             .iter()
@@ -318,7 +345,13 @@ pub fn train(a: TrainBenchArgs) -> Result<i32> {
     );
     println!(
         "{:<14} {:>8} {:>11} {:>13} {:>7} {:>12} {:>14}",
-        "model", "params", "ours tok/s", "PyTorch tok/s", "ratio", "ours peak MB", "PyTorch peak MB"
+        "model",
+        "params",
+        "ours tok/s",
+        "PyTorch tok/s",
+        "ratio",
+        "ours peak MB",
+        "PyTorch peak MB"
     );
     let num = |v: &Value, p: usize| v.as_f64().map_or("-".into(), |x| format!("{x:.p$}"));
     for r in &rows {

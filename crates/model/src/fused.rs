@@ -492,9 +492,7 @@ impl CustomOp3 for HeadsGrad {
 pub fn heads(x: &Tensor, rope: Option<(&Tensor, &Tensor)>, groups: usize) -> Result<Tensor> {
     let x = x.contiguous()?;
     match rope {
-        Some((cos, sin)) => {
-            x.apply_op3(&cos.contiguous()?, &sin.contiguous()?, HeadsOp { groups })
-        }
+        Some((cos, sin)) => x.apply_op3(&cos.contiguous()?, &sin.contiguous()?, HeadsOp { groups }),
         None => x.apply_op1(HeadsOp { groups }),
     }
 }
@@ -819,7 +817,13 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        let s = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let s = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         d / s.max(1e-30)
     }
 
@@ -883,13 +887,7 @@ mod tests {
         )
         .unwrap();
         let (cos, sin) = crate::llama::rope_tables(&pos, d, 10_000.0).unwrap();
-        let fused = || {
-            heads(
-                &x.as_tensor().reshape((b, t, n, d))?,
-                Some((&cos, &sin)),
-                g,
-            )
-        };
+        let fused = || heads(&x.as_tensor().reshape((b, t, n, d))?, Some((&cos, &sin)), g);
         let comp = || {
             let h = x.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?;
             let (c, s) = (composed::full_table(&cos)?, composed::full_table(&sin)?);

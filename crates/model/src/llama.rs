@@ -367,7 +367,10 @@ pub(crate) mod composed {
 /// in f32, which never materialises the `[n, vocab]` log-probabilities.
 pub fn nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor, ModelError> {
     let n = logits.dims2().map_err(|_| {
-        ModelError::Input(format!("logits must be [n, vocab], not {:?}", logits.dims()))
+        ModelError::Input(format!(
+            "logits must be [n, vocab], not {:?}",
+            logits.dims()
+        ))
     })?;
     if targets.dims() != [n.0] || targets.dtype() != DType::U32 {
         return Err(ModelError::Input(format!(
