@@ -1,7 +1,7 @@
 //! `mathcoder-bench`: speed figures (what `mathcoder bench ...` runs), and the replay server.
 
 use clap::{Parser, Subcommand};
-use mathcoder_bench::{engine, grade, replay, runtime, sandbox};
+use mathcoder_bench::{engine, grade, replay, runtime, sandbox, train};
 use mathcoder_cli::args::{GradeArgs, SandboxArgs};
 use std::path::PathBuf;
 
@@ -39,6 +39,10 @@ enum Bench {
     /// The native engine: load time, prefill/decode tokens/s, batched decode, peak memory, next
     /// to transformers and llama.cpp on the same weights (`--reference-python`).
     Engine(engine::EngineBenchArgs),
+    /// Training tokens/s (forward, backward, clipping, AdamW) and peak memory on a small Llama
+    /// and the SmolLM2-135M shape, next to PyTorch on the same shape, batch and threads
+    /// (`--python`).
+    Train(train::TrainBenchArgs),
     /// Grading throughput on one core over released outputs, and worst-case inputs.
     Grade {
         /// Directory of output files (default: the vendored released outputs).
@@ -64,6 +68,7 @@ fn main() {
         } => sandbox::bench(sessions, cells, jupyter, s),
         Bench::Runtime(a) => runtime::runtime(a),
         Bench::Engine(a) => engine::engine(a),
+        Bench::Train(a) => train::train(a),
         Bench::Grade {
             dir,
             passes,

@@ -35,7 +35,7 @@ enum Command {
     /// Re-execute the code cells of released outputs and compare with the recorded executions.
     Audit(commands::sandbox::AuditArgs),
     /// Benchmarks (speed figures): runs `mathcoder-bench`, built beside this binary
-    /// (`sandbox`, `runtime`, `engine`, `grade`; `mathcoder bench --help` lists them).
+    /// (`sandbox`, `runtime`, `engine`, `train`, `grade`; `mathcoder bench --help` lists them).
     #[command(disable_help_flag = true)]
     Bench(commands::bench::Args),
     /// Fine-tune a model in MathCoder's recipe (loss on text and code, packed, AdamW, cosine).

@@ -12,11 +12,15 @@
 //!   backward pass (logits at every position; position ids and attention masks for packed
 //!   sequences), with weights held as [`candle_nn::VarMap`] variables.
 //!
-//! No generation, no KV cache, no fast kernels: those live in the engine.
+//! * [`fused`]: fused CPU training kernels (RMSNorm, rotary heads, masked softmax, SwiGLU,
+//!   cross-entropy) with hand-written backward passes, used by [`llama::Llama`] in f32 on the CPU.
+//!
+//! No generation, no KV cache: those live in the engine.
 
 pub mod bpe;
 pub mod checkpoint;
 pub mod config;
+pub mod fused;
 pub mod llama;
 pub mod names;
 pub mod spm;

@@ -1,15 +1,19 @@
 //! A plain Llama forward pass for training and as a reference for the engine.
 //!
-//! Every op used here has a backward pass in candle, so gradients reach every weight:
-//! RMSNorm, rotary embeddings and softmax are composed from elementary ops. candle's fused
-//! `ops::rms_norm`, `rotary_emb::rope`/`rope_i` and `ops::softmax_last_dim` have no backward and
-//! would silently cut the graph; they must not be used here.
+//! Every op used here has a backward pass, so gradients reach every weight. On the CPU in f32
+//! (training) RMSNorm, the attention heads' transpose + rotary embedding + grouped-query
+//! repetition, the masked softmax and SwiGLU are fused kernels with hand-written backward
+//! passes ([`crate::fused`]); elsewhere (CUDA, other dtypes) they are composed from elementary
+//! candle ops ([`composed`]), which the fused kernels are tested against. candle's own
+//! `ops::rms_norm`, `rotary_emb::rope`/`rope_i` and `ops::softmax_last_dim` have no backward
+//! and would silently cut the graph; they must not be used here.
 //!
 //! The forward takes a batch of token ids `[b, t]` and returns logits at every position
 //! `[b, t, vocab]`. Optional position ids `[b, t]` and an additive attention mask
 //! `[b, 1, t, t]` let a trainer pack several instances into one row: [`packed_positions`] and
 //! [`packed_mask`] build both from per-position instance ids (positions restart at zero and
-//! attention is causal within an instance only).
+//! attention is causal within an instance only). [`nll`] is the per-token cross-entropy of
+//! logits against targets (fused on the CPU too).
 //!
 //! Weights are [`candle_nn::VarMap`] variables named by their Hugging Face names
 //! ([`crate::names`]), so a `VarMap` saved with `save` is a `model.safetensors` that loads back.
@@ -19,6 +23,7 @@ use candle_nn::{Init, VarBuilder, VarMap};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
+use crate::fused;
 use crate::names::{LayerWeight, Weight};
 use crate::ModelError;
 
@@ -239,11 +244,31 @@ impl Llama {
         let (nh, nkv, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let eps = c.rms_norm_eps;
         let scale = 1.0 / (d as f64).sqrt();
-        let (cos, sin) = rope_cos_sin(c, positions)?; // [b, 1, t, d]
+        let (cos, sin) = rope_tables(positions, d, c.rope_theta)?; // [b, t, d/2]
         let mut x =
             self.embed
                 .index_select(&ids.flatten_all()?, 0)?
                 .reshape((b, t, c.hidden_size))?;
+        if fused::applies(&x) {
+            let norm = |x: &Tensor, w: &Tensor| fused::rms_norm(x, w, eps);
+            for l in &self.layers {
+                let h = norm(&x, &l.attn_norm)?;
+                // [b, t, heads*d] -> [b, heads, t, d] (rotated, repeated for GQA) in one pass.
+                let proj = |w: &Tensor, n: usize| linear(&h, w)?.reshape((b, t, n, d));
+                let q = fused::heads(&proj(&l.q, nh)?, Some((&cos, &sin)), 1)?;
+                let k = fused::heads(&proj(&l.k, nkv)?, Some((&cos, &sin)), nh / nkv)?;
+                let v = fused::heads(&proj(&l.v, nkv)?, None, nh / nkv)?;
+                let probs = fused::masked_softmax(&q.matmul(&k.t()?)?, mask, scale)?;
+                let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * d))?;
+                x = (x + linear(&attn, &l.o)?)?;
+                let h = norm(&x, &l.mlp_norm)?;
+                let mlp = fused::silu_mul(&linear(&h, &l.gate)?, &linear(&h, &l.up)?)?;
+                x = (x + linear(&mlp, &l.down)?)?;
+            }
+            return norm(&x, &self.norm);
+        }
+        use composed::{full_table, repeat_kv, rms_norm, rope};
+        let (cos, sin) = (full_table(&cos)?, full_table(&sin)?);
         for l in &self.layers {
             let h = rms_norm(&x, &l.attn_norm, eps)?;
             // [b, t, heads*d] -> [b, heads, t, d]
@@ -277,50 +302,89 @@ fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     x.reshape((b * t, i))?.matmul(&w.t()?)?.reshape((b, t, o))
 }
 
-/// RMSNorm as transformers computes it: in f32, `x / sqrt(mean(x²) + eps)`, then scaled.
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    let dt = x.dtype();
-    let x = x.to_dtype(DType::F32)?;
-    let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
-    x.broadcast_div(&rms)?.to_dtype(dt)?.broadcast_mul(w)
-}
-
-/// Cos and sin of every position's rotary angles, `[b, 1, t, head_dim]` (both halves), in f32
-/// as transformers computes them.
-fn rope_cos_sin(c: &ModelConfig, positions: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-    let half = c.head_dim / 2;
+/// Cos and sin of every position's rotary angles, `[b, t, head_dim / 2]` (one half; both
+/// halves of a head rotate by the same angles), in f32 as transformers computes them.
+pub(crate) fn rope_tables(
+    positions: &Tensor,
+    head_dim: usize,
+    theta: f64,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
     let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0f32 / (c.rope_theta.powf((2 * i) as f64 / c.head_dim as f64) as f32))
+        .map(|i| 1.0f32 / (theta.powf((2 * i) as f64 / head_dim as f64) as f32))
         .collect();
     let inv = Tensor::from_vec(inv, (1, 1, half), positions.device())?;
     let angles = positions
         .to_dtype(DType::F32)?
         .unsqueeze(2)?
         .broadcast_mul(&inv)?; // [b, t, half]
-    let angles = Tensor::cat(&[&angles, &angles], D::Minus1)?.unsqueeze(1)?;
     Ok((angles.cos()?, angles.sin()?))
 }
 
-/// Rotary embedding in Hugging Face's layout (the two halves of a head rotate together):
-/// `x * cos + rotate_half(x) * sin`, for `x` `[b, heads, t, d]`.
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
-    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+/// The ops of the forward pass composed from elementary candle ops (all with a backward pass):
+/// the path for CUDA and dtypes other than f32, and the reference of the fused kernels' tests.
+pub(crate) mod composed {
+    use candle_core::{DType, Tensor, D};
+
+    /// RMSNorm as transformers computes it: in f32, `x / sqrt(mean(x²) + eps)`, then scaled.
+    pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+        let dt = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
+        x.broadcast_div(&rms)?.to_dtype(dt)?.broadcast_mul(w)
+    }
+
+    /// Rotary embedding in Hugging Face's layout (the two halves of a head rotate together):
+    /// `x * cos + rotate_half(x) * sin`, for `x` `[b, heads, t, d]` and cos/sin broadcast to it.
+    pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+        let d = x.dim(D::Minus1)?;
+        let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+        let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+        x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+    }
+
+    /// A `[b, t, d/2]` table of [`super::rope_tables`] for both halves of a head, `[b, 1, t, d]`.
+    pub fn full_table(half: &Tensor) -> candle_core::Result<Tensor> {
+        Tensor::cat(&[half, half], D::Minus1)?.unsqueeze(1)
+    }
+
+    /// Grouped-query attention: key/value head `j` serves query heads `j*g .. j*g+g`.
+    pub fn repeat_kv(x: &Tensor, g: usize) -> candle_core::Result<Tensor> {
+        if g == 1 {
+            return Ok(x.clone());
+        }
+        let (b, kv, t, d) = x.dims4()?;
+        x.unsqueeze(2)?
+            .expand((b, kv, g, t, d))?
+            .reshape((b, kv * g, t, d))
+    }
 }
 
-/// Grouped-query attention: key/value head `j` serves query heads `j*g .. j*g+g`.
-fn repeat_kv(x: &Tensor, g: usize) -> candle_core::Result<Tensor> {
-    if g == 1 {
-        return Ok(x.clone());
+/// Per-row cross-entropy `[n]` (f32) of `logits` `[n, vocab]` against `targets` (`[n]`, u32):
+/// `logsumexp(row) - row[target]`, differentiable in the logits. One fused kernel on the CPU
+/// in f32, which never materialises the `[n, vocab]` log-probabilities.
+pub fn nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor, ModelError> {
+    let n = logits.dims2().map_err(|_| {
+        ModelError::Input(format!(
+            "logits must be [n, vocab], not {:?}",
+            logits.dims()
+        ))
+    })?;
+    if targets.dims() != [n.0] || targets.dtype() != DType::U32 {
+        return Err(ModelError::Input(format!(
+            "targets must be u32 [{}], not {:?} {:?}",
+            n.0,
+            targets.dtype(),
+            targets.dims()
+        )));
     }
-    let (b, kv, t, d) = x.dims4()?;
-    x.unsqueeze(2)?
-        .expand((b, kv, g, t, d))?
-        .reshape((b, kv * g, t, d))
+    if fused::applies(logits) {
+        return Ok(fused::nll(logits, targets)?);
+    }
+    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    Ok(logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?)
 }
 
 /// The causal mask `[b, 1, t, t]`: 0 on and below the diagonal, -inf above.

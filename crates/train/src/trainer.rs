@@ -14,10 +14,10 @@
 //! (step, data position, settings, a fingerprint of the packed data, the log so far). Resuming
 //! from it continues the same run: same data order, same schedule, same log lines.
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use mathcoder_lce::SpecialToken;
-use mathcoder_model::llama::packed_mask;
+use mathcoder_model::llama::{nll, packed_mask};
 use mathcoder_model::{Checkpoint, Llama, ModelConfig, Weight};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -437,11 +437,10 @@ impl Trainer {
         let (b, t, h) = hidden.dims3()?;
         let n = at.len();
         let at = Tensor::from_vec(at, n, &self.device)?;
-        let target = Tensor::from_vec(target, (n, 1), &self.device)?;
+        let target = Tensor::from_vec(target, n, &self.device)?;
         let sel = hidden.reshape((b * t, h))?.index_select(&at, 0)?;
         let logits = self.model.logits(&sel)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        Ok(Some(logp.gather(&target, 1)?.sum_all()?.neg()?))
+        Ok(Some(nll(&logits, &target)?.sum_all()?))
     }
 
     /// Loss (token mean) and gradients (one per optimizer variable, in its order) of a set of

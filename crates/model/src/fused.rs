@@ -1,0 +1,951 @@
+//! Fused CPU training kernels (f32) with hand-written backward passes, for the reference Llama.
+//!
+//! Composed from elementary candle ops, RMSNorm, rotary embeddings, the attention softmax, SwiGLU
+//! and the cross-entropy each make several full passes over their tensors in the forward pass
+//! and more in the backward pass, each into a freshly allocated buffer, plus copies for the
+//! head transposes; on CPU that, not the matrix multiplies, is what made candle training
+//! 2-3x slower than PyTorch (`../shared/docs/rust-stack-notes.md`). Here each is one candle
+//! `CustomOp` with a `cpu_fwd` and a `bwd` whose gradient is again one kernel:
+//!
+//! * [`rms_norm`]: `x / sqrt(mean(x²) + eps) * w` over the last dimension.
+//! * [`heads`]: a projection's output `[b, t, n, d]` to attention heads `[b, n·g, t, d]` in
+//!   one pass: the transpose, rotary embedding (Hugging Face's half-split layout, optional) and
+//!   grouped-query repetition (`g` copies of each head) together; the backward pass rotates
+//!   back, sums the copies and transposes in one pass too.
+//! * [`masked_softmax`]: `softmax(scores · scale + mask)` over the last dimension, the mask
+//!   broadcast over heads (a causal or packed block-diagonal mask).
+//! * [`silu_mul`]: SwiGLU's `silu(gate) · up`.
+//! * [`nll`]: per-row cross-entropy `logsumexp(logits) - logits[target]` without materialising
+//!   the log-probabilities.
+//!
+//! The kernels need f32 tensors on the CPU ([`applies`]); elsewhere (CUDA, other dtypes) the
+//! model uses the composed ops. Each has a test against the composed version, forward and
+//! gradients.
+
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
+use rayon::prelude::*;
+
+/// Whether the fused kernels can run on `t` (f32 on the CPU).
+pub fn applies(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        bail!("{op}: f32 input expected")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => bail!("{op}: contiguous input expected"),
+    }
+}
+
+fn u32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [u32]> {
+    let CpuStorage::U32(v) = s else {
+        bail!("{op}: u32 input expected")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => bail!("{op}: contiguous input expected"),
+    }
+}
+
+/// Runs `f(row_index, row)` over the rows (of length `row`) of `out`, in parallel.
+fn par_rows<F: Fn(usize, &mut [f32]) + Sync>(out: &mut [f32], row: usize, f: F) {
+    if row == 0 || out.is_empty() {
+        return;
+    }
+    let rows = out.len() / row;
+    let per = (rows / (4 * rayon::current_num_threads())).max(1);
+    out.par_chunks_mut(row * per)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            for (i, r) in chunk.chunks_mut(row).enumerate() {
+                f(c * per + i, r)
+            }
+        });
+}
+
+/// Elementwise over equally long slices, in parallel chunks.
+fn par_elems<F: Fn(usize, &mut [f32]) + Sync>(out: &mut [f32], f: F) {
+    const CHUNK: usize = 1 << 14;
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, chunk)| f(c * CHUNK, chunk));
+}
+
+fn sum_sq(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut it = x.chunks_exact(8);
+    for c in &mut it {
+        for k in 0..8 {
+            acc[k] += c[k] * c[k];
+        }
+    }
+    let tail: f32 = it.remainder().iter().map(|v| v * v).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    1.0 / (sum_sq(x) / x.len() as f32 + eps).sqrt()
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+struct RmsNorm {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s1, l1, self.name())?;
+        let w = f32s(s2, l2, self.name())?;
+        let h = w.len();
+        if h == 0 || l1.dims().last() != Some(&h) {
+            bail!("rms_norm: weight of {h} for input {:?}", l1.dims())
+        }
+        let mut y = vec![0f32; x.len()];
+        par_rows(&mut y, h, |r, yr| {
+            let xr = &x[r * h..(r + 1) * h];
+            let inv = inv_rms(xr, self.eps);
+            for i in 0..h {
+                yr[i] = xr[i] * inv * w[i];
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let dx = x.apply_op3_no_bwd(w, &g, &RmsNormGradX { eps: self.eps })?;
+        let dw = x.apply_op2_no_bwd(&g, &RmsNormGradW { eps: self.eps })?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `dx = inv · (g·w - x̂ · mean(g·w·x̂))` with `x̂ = x · inv`.
+struct RmsNormGradX {
+    eps: f32,
+}
+
+impl CustomOp3 for RmsNormGradX {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm-grad-x"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s1, l1, self.name())?;
+        let w = f32s(s2, l2, self.name())?;
+        let g = f32s(s3, l3, self.name())?;
+        let h = w.len();
+        if g.len() != x.len() {
+            bail!("rms_norm backward: gradient shape")
+        }
+        let mut dx = vec![0f32; x.len()];
+        par_rows(&mut dx, h, |r, dr| {
+            let xr = &x[r * h..(r + 1) * h];
+            let gr = &g[r * h..(r + 1) * h];
+            let inv = inv_rms(xr, self.eps);
+            let mut c = 0f32;
+            for i in 0..h {
+                c += gr[i] * w[i] * xr[i];
+            }
+            let c = c * inv * inv / h as f32;
+            for i in 0..h {
+                dr[i] = inv * (gr[i] * w[i] - xr[i] * c);
+            }
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// `dw = Σ_rows g · x̂`.
+struct RmsNormGradW {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNormGradW {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm-grad-w"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s1, l1, self.name())?;
+        let g = f32s(s2, l2, self.name())?;
+        let Some(&h) = l1.dims().last() else {
+            bail!("rms_norm backward: scalar input")
+        };
+        if h == 0 || g.len() != x.len() {
+            bail!("rms_norm backward: gradient shape")
+        }
+        let rows = x.len() / h;
+        let blocks = (4 * rayon::current_num_threads()).min(rows).max(1);
+        let per = rows.div_ceil(blocks);
+        let partial: Vec<Vec<f64>> = (0..blocks)
+            .into_par_iter()
+            .map(|blk| {
+                let mut acc = vec![0f64; h];
+                for r in blk * per..((blk + 1) * per).min(rows) {
+                    let xr = &x[r * h..(r + 1) * h];
+                    let gr = &g[r * h..(r + 1) * h];
+                    let inv = inv_rms(xr, self.eps);
+                    for i in 0..h {
+                        acc[i] += f64::from(gr[i] * (xr[i] * inv));
+                    }
+                }
+                acc
+            })
+            .collect();
+        let dw: Vec<f32> = (0..h)
+            .map(|i| partial.iter().map(|p| p[i]).sum::<f64>() as f32)
+            .collect();
+        Ok((CpuStorage::F32(dw), Shape::from(h)))
+    }
+}
+
+/// RMSNorm over the last dimension of `x` (f32, CPU) with weight `w` (`[hidden]`).
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Heads: transpose + RoPE + GQA repetition
+
+#[derive(Clone, Copy)]
+struct Heads {
+    b: usize,
+    t: usize,
+    n: usize,
+    d: usize,
+    groups: usize,
+}
+
+impl Heads {
+    fn of(x: &Layout, groups: usize) -> Result<Heads> {
+        let &[b, t, n, d] = x.dims() else {
+            bail!("heads: [b, t, heads, d] expected, got {:?}", x.dims())
+        };
+        if d % 2 != 0 || groups == 0 {
+            bail!("heads: even head_dim and positive groups expected")
+        }
+        Ok(Heads { b, t, n, d, groups })
+    }
+
+    fn out_shape(&self) -> Shape {
+        Shape::from((self.b, self.n * self.groups, self.t, self.d))
+    }
+
+    fn in_shape(&self) -> Shape {
+        Shape::from((self.b, self.t, self.n, self.d))
+    }
+
+    fn check_tables(&self, cos: &[f32], sin: &[f32]) -> Result<()> {
+        let want = self.b * self.t * self.d / 2;
+        if cos.len() != want || sin.len() != want {
+            bail!("heads: cos/sin tables must be [b, t, head_dim/2]")
+        }
+        Ok(())
+    }
+
+    /// `[b, t, n, d]` → `[b, n·g, t, d]`, rotated by `tables` (cos, sin `[b, t, d/2]`).
+    fn forward(&self, x: &[f32], tables: Option<(&[f32], &[f32])>) -> Vec<f32> {
+        let Heads { b, t, n, d, groups } = *self;
+        let half = d / 2;
+        let mut y = vec![0f32; b * n * groups * t * d];
+        // One output row per (batch, output head, position).
+        par_rows(&mut y, d, |r, yr| {
+            let tt = r % t;
+            let ho = (r / t) % (n * groups);
+            let bb = r / (t * n * groups);
+            let j = ho / groups;
+            let src = &x[((bb * t + tt) * n + j) * d..][..d];
+            match tables {
+                Some((cos, sin)) => {
+                    let c = &cos[(bb * t + tt) * half..][..half];
+                    let s = &sin[(bb * t + tt) * half..][..half];
+                    let (x1, x2) = src.split_at(half);
+                    let (y1, y2) = yr.split_at_mut(half);
+                    for i in 0..half {
+                        y1[i] = x1[i] * c[i] - x2[i] * s[i];
+                        y2[i] = x2[i] * c[i] + x1[i] * s[i];
+                    }
+                }
+                None => yr.copy_from_slice(src),
+            }
+        });
+        y
+    }
+
+    /// The transpose of [`Heads::forward`]: `[b, n·g, t, d]` → `[b, t, n, d]`.
+    fn backward(&self, g: &[f32], tables: Option<(&[f32], &[f32])>) -> Vec<f32> {
+        let Heads { b, t, n, d, groups } = *self;
+        let half = d / 2;
+        let nh = n * groups;
+        let mut dx = vec![0f32; b * t * n * d];
+        // One input row per (batch, position, head).
+        par_rows(&mut dx, d, |r, dr| {
+            let j = r % n;
+            let tt = (r / n) % t;
+            let bb = r / (n * t);
+            for k in 0..groups {
+                let ho = j * groups + k;
+                let gr = &g[((bb * nh + ho) * t + tt) * d..][..d];
+                match tables {
+                    Some((cos, sin)) => {
+                        let c = &cos[(bb * t + tt) * half..][..half];
+                        let s = &sin[(bb * t + tt) * half..][..half];
+                        let (g1, g2) = gr.split_at(half);
+                        let (d1, d2) = dr.split_at_mut(half);
+                        for i in 0..half {
+                            d1[i] += g1[i] * c[i] + g2[i] * s[i];
+                            d2[i] += g2[i] * c[i] - g1[i] * s[i];
+                        }
+                    }
+                    None => {
+                        for i in 0..d {
+                            dr[i] += gr[i];
+                        }
+                    }
+                }
+            }
+        });
+        dx
+    }
+}
+
+/// The forward op: `x` alone (no rotation) or `x, cos, sin`.
+struct HeadsOp {
+    groups: usize,
+}
+
+impl CustomOp1 for HeadsOp {
+    fn name(&self) -> &'static str {
+        "fused-heads"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let h = Heads::of(l, self.groups)?;
+        let y = h.forward(f32s(s, l, "fused-heads")?, None);
+        Ok((CpuStorage::F32(y), h.out_shape()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let dims = x.dims4()?;
+        let g = g.contiguous()?;
+        Ok(Some(g.apply_op1_no_bwd(&HeadsGrad {
+            dims,
+            groups: self.groups,
+        })?))
+    }
+}
+
+impl CustomOp3 for HeadsOp {
+    fn name(&self) -> &'static str {
+        "fused-rope-heads"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let h = Heads::of(l1, self.groups)?;
+        let (cos, sin) = (f32s(s2, l2, "fused-heads")?, f32s(s3, l3, "fused-heads")?);
+        h.check_tables(cos, sin)?;
+        let y = h.forward(f32s(s1, l1, "fused-heads")?, Some((cos, sin)));
+        Ok((CpuStorage::F32(y), h.out_shape()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dims = x.dims4()?;
+        let g = g.contiguous()?;
+        let dx = g.apply_op3_no_bwd(
+            cos,
+            sin,
+            &HeadsGrad {
+                dims,
+                groups: self.groups,
+            },
+        )?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+struct HeadsGrad {
+    /// The forward input's `[b, t, n, d]`.
+    dims: (usize, usize, usize, usize),
+    groups: usize,
+}
+
+impl HeadsGrad {
+    fn heads(&self, g: &Layout) -> Result<Heads> {
+        let (b, t, n, d) = self.dims;
+        let h = Heads {
+            b,
+            t,
+            n,
+            d,
+            groups: self.groups,
+        };
+        if g.shape() != &h.out_shape() {
+            bail!("heads backward: gradient of shape {:?}", g.dims())
+        }
+        Ok(h)
+    }
+}
+
+impl CustomOp1 for HeadsGrad {
+    fn name(&self) -> &'static str {
+        "fused-heads-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let h = self.heads(l)?;
+        let dx = h.backward(f32s(s, l, "fused-heads")?, None);
+        Ok((CpuStorage::F32(dx), h.in_shape()))
+    }
+}
+
+impl CustomOp3 for HeadsGrad {
+    fn name(&self) -> &'static str {
+        "fused-rope-heads-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let h = self.heads(l1)?;
+        let (cos, sin) = (f32s(s2, l2, "fused-heads")?, f32s(s3, l3, "fused-heads")?);
+        h.check_tables(cos, sin)?;
+        let dx = h.backward(f32s(s1, l1, "fused-heads")?, Some((cos, sin)));
+        Ok((CpuStorage::F32(dx), h.in_shape()))
+    }
+}
+
+/// A projection's output `x` `[b, t, n, d]` as attention heads `[b, n·groups, t, d]`: head `j`
+/// becomes heads `j·groups .. j·groups+groups`, each rotated by `rope` (cos and sin
+/// `[b, t, d/2]`, Hugging Face's half-split layout) when given.
+pub fn heads(x: &Tensor, rope: Option<(&Tensor, &Tensor)>, groups: usize) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    match rope {
+        Some((cos, sin)) => x.apply_op3(&cos.contiguous()?, &sin.contiguous()?, HeadsOp { groups }),
+        None => x.apply_op1(HeadsOp { groups }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Masked, scaled softmax
+
+struct MaskedSoftmax {
+    scale: f32,
+}
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "fused-masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let s = f32s(s1, l1, self.name())?;
+        let m = f32s(s2, l2, self.name())?;
+        let &[b, h, tq, tk] = l1.dims() else {
+            bail!("masked_softmax: scores must be [b, heads, t, t]")
+        };
+        let mb = l2.dims().first().copied().unwrap_or(0);
+        if l2.dims().len() != 4 || l2.dims()[1..] != [1, tq, tk] || (mb != 1 && mb != b) {
+            bail!("masked_softmax: mask of shape {:?}", l2.dims())
+        }
+        let mut p = vec![0f32; s.len()];
+        par_rows(&mut p, tk, |r, pr| {
+            let q = r % tq;
+            let bb = r / (h * tq);
+            let mrow = &m[((if mb == 1 { 0 } else { bb }) * tq + q) * tk..][..tk];
+            let srow = &s[r * tk..][..tk];
+            let mut max = f32::NEG_INFINITY;
+            for i in 0..tk {
+                let v = srow[i] * self.scale + mrow[i];
+                pr[i] = v;
+                max = max.max(v);
+            }
+            let mut sum = 0f32;
+            for v in pr.iter_mut() {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            for v in pr.iter_mut() {
+                *v /= sum;
+            }
+        });
+        Ok((CpuStorage::F32(p), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _s: &Tensor,
+        _m: &Tensor,
+        p: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let ds = p.apply_op2_no_bwd(&g, &SoftmaxGrad { scale: self.scale })?;
+        Ok((Some(ds), None))
+    }
+}
+
+/// `ds = scale · p · (g - Σ g·p)`.
+struct SoftmaxGrad {
+    scale: f32,
+}
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "fused-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let p = f32s(s1, l1, self.name())?;
+        let g = f32s(s2, l2, self.name())?;
+        let Some(&tk) = l1.dims().last() else {
+            bail!("softmax backward: scalar input")
+        };
+        if g.len() != p.len() {
+            bail!("softmax backward: gradient shape")
+        }
+        let mut ds = vec![0f32; p.len()];
+        par_rows(&mut ds, tk, |r, dr| {
+            let pr = &p[r * tk..][..tk];
+            let gr = &g[r * tk..][..tk];
+            let c = dot(pr, gr);
+            for i in 0..tk {
+                dr[i] = self.scale * pr[i] * (gr[i] - c);
+            }
+        });
+        Ok((CpuStorage::F32(ds), l1.shape().clone()))
+    }
+}
+
+/// `softmax(scores · scale + mask)` over the last dimension: `scores` `[b, heads, t, t]`,
+/// `mask` `[b or 1, 1, t, t]` (additive; no gradient).
+pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    scores.contiguous()?.apply_op2(
+        &mask.contiguous()?,
+        MaskedSoftmax {
+            scale: scale as f32,
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+struct SiluMul;
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "fused-silu-mul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = f32s(s1, l1, self.name())?;
+        let b = f32s(s2, l2, self.name())?;
+        if l1.shape() != l2.shape() {
+            bail!("silu_mul: shapes {:?} and {:?}", l1.dims(), l2.dims())
+        }
+        let mut y = vec![0f32; a.len()];
+        par_elems(&mut y, |o, c| {
+            for (i, v) in c.iter_mut().enumerate() {
+                *v = silu(a[o + i]) * b[o + i];
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let dgate = gate.apply_op3_no_bwd(up, &g, &SiluMulGrad)?;
+        // d up = g · silu(gate): the forward kernel itself.
+        let dup = gate.apply_op2_no_bwd(&g, &SiluMul)?;
+        Ok((Some(dgate), Some(dup)))
+    }
+}
+
+/// `d gate = g · up · σ(gate) · (1 + gate · (1 - σ(gate)))`.
+struct SiluMulGrad;
+
+impl CustomOp3 for SiluMulGrad {
+    fn name(&self) -> &'static str {
+        "fused-silu-mul-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = f32s(s1, l1, self.name())?;
+        let b = f32s(s2, l2, self.name())?;
+        let g = f32s(s3, l3, self.name())?;
+        if b.len() != a.len() || g.len() != a.len() {
+            bail!("silu_mul backward: shapes")
+        }
+        let mut d = vec![0f32; a.len()];
+        par_elems(&mut d, |o, c| {
+            for (i, v) in c.iter_mut().enumerate() {
+                let x = a[o + i];
+                let sg = 1.0 / (1.0 + (-x).exp());
+                *v = g[o + i] * b[o + i] * sg * (1.0 + x * (1.0 - sg));
+            }
+        });
+        Ok((CpuStorage::F32(d), l1.shape().clone()))
+    }
+}
+
+/// SwiGLU's `silu(gate) · up` (same shapes).
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy
+
+/// Max and `Σ exp(x - max)` of a row.
+fn max_sum_exp(x: &[f32]) -> (f32, f32) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    (max, x.iter().map(|v| (v - max).exp()).sum())
+}
+
+struct Nll;
+
+impl CustomOp2 for Nll {
+    fn name(&self) -> &'static str {
+        "fused-nll"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s1, l1, self.name())?;
+        let t = u32s(s2, l2, self.name())?;
+        let &[n, v] = l1.dims() else {
+            bail!("nll: logits must be [n, vocab]")
+        };
+        if t.len() != n {
+            bail!("nll: {} targets for {n} rows", t.len())
+        }
+        if let Some(bad) = t.iter().find(|&&k| k as usize >= v) {
+            bail!("nll: target {bad} outside the vocabulary ({v})")
+        }
+        let mut out = vec![0f32; n];
+        out.par_iter_mut().enumerate().for_each(|(r, o)| {
+            let row = &x[r * v..][..v];
+            let (max, sum) = max_sum_exp(row);
+            *o = -((row[t[r] as usize] - max) - sum.ln());
+        });
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        Ok((Some(x.apply_op3_no_bwd(t, &g, &NllGrad)?), None))
+    }
+}
+
+/// `d logits = g_row · (softmax(logits) - onehot(target))`.
+struct NllGrad;
+
+impl CustomOp3 for NllGrad {
+    fn name(&self) -> &'static str {
+        "fused-nll-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s1, l1, self.name())?;
+        let t = u32s(s2, l2, self.name())?;
+        let g = f32s(s3, l3, self.name())?;
+        let &[n, v] = l1.dims() else {
+            bail!("nll backward: logits must be [n, vocab]")
+        };
+        if t.len() != n || g.len() != n {
+            bail!("nll backward: shapes")
+        }
+        let mut d = vec![0f32; x.len()];
+        par_rows(&mut d, v, |r, dr| {
+            let row = &x[r * v..][..v];
+            let (max, sum) = max_sum_exp(row);
+            let k = g[r] / sum;
+            for i in 0..v {
+                dr[i] = (row[i] - max).exp() * k;
+            }
+            dr[t[r] as usize] -= g[r];
+        });
+        Ok((CpuStorage::F32(d), l1.shape().clone()))
+    }
+}
+
+/// Per-row cross-entropy `[n]` of `logits` `[n, vocab]` (f32) against `targets` `[n]` (u32):
+/// `logsumexp(row) - row[target]`.
+pub fn nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    logits.contiguous()?.apply_op2(&targets.contiguous()?, Nll)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    /// Largest |a - b| relative to the largest |b|.
+    fn rel(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let s = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        d / s.max(1e-30)
+    }
+
+    fn randn(shape: &[usize], seed: u64) -> Var {
+        // Deterministic values without depending on candle's RNG.
+        let n: usize = shape.iter().product();
+        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0
+            })
+            .collect();
+        Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    /// Forward outputs and the gradients of `vars` under a fixed random projection of the output
+    /// agree between `fused` and `composed`.
+    fn check(
+        vars: &[&Var],
+        fused: impl Fn() -> Result<Tensor>,
+        composed: impl Fn() -> Result<Tensor>,
+        tol: f32,
+    ) {
+        let (yf, yc) = (fused().unwrap(), composed().unwrap());
+        assert_eq!(yf.dims(), yc.dims());
+        assert!(rel(&yf, &yc) < tol, "forward: {}", rel(&yf, &yc));
+        let w = randn(yf.dims(), 99);
+        let lf = (yf * w.as_tensor()).unwrap().sum_all().unwrap();
+        let lc = (yc * w.as_tensor()).unwrap().sum_all().unwrap();
+        let (gf, gc) = (lf.backward().unwrap(), lc.backward().unwrap());
+        for (i, v) in vars.iter().enumerate() {
+            let (a, b) = (gf.get(v).unwrap(), gc.get(v).unwrap());
+            assert!(rel(a, b) < tol, "gradient {i}: {}", rel(a, b));
+        }
+    }
+
+    #[test]
+    fn rms_norm_matches_composed() {
+        let x = randn(&[2, 5, 24], 1);
+        let w = randn(&[24], 2);
+        check(
+            &[&x, &w],
+            || rms_norm(&x, &w, 1e-5),
+            || crate::llama::composed::rms_norm(&x, &w, 1e-5),
+            1e-5,
+        );
+    }
+
+    #[test]
+    fn rope_heads_match_composed() {
+        use crate::llama::composed;
+        let (b, t, n, d, g) = (2, 7, 2, 8, 3);
+        let x = randn(&[b, t, n * d], 3);
+        let pos = Tensor::from_vec(
+            (0..(b * t) as u32).map(|i| i % 5).collect::<Vec<_>>(),
+            (b, t),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let (cos, sin) = crate::llama::rope_tables(&pos, d, 10_000.0).unwrap();
+        let fused = || heads(&x.as_tensor().reshape((b, t, n, d))?, Some((&cos, &sin)), g);
+        let comp = || {
+            let h = x.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?;
+            let (c, s) = (composed::full_table(&cos)?, composed::full_table(&sin)?);
+            composed::repeat_kv(&composed::rope(&h, &c, &s)?, g)
+        };
+        check(&[&x], fused, comp, 1e-5);
+        let plain = || heads(&x.as_tensor().reshape((b, t, n, d))?, None, g);
+        let plain_c = || {
+            let h = x.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?;
+            composed::repeat_kv(&h, g)
+        };
+        check(&[&x], plain, plain_c, 1e-6);
+    }
+
+    #[test]
+    fn masked_softmax_matches_composed() {
+        let s = randn(&[2, 3, 6, 6], 4);
+        let seg = vec![vec![0, 0, 0, 1, 1, 1], vec![0, 0, 0, 0, 0, 9]];
+        let mask = crate::llama::packed_mask(&seg, &Device::Cpu).unwrap();
+        let causal = crate::llama::causal_mask(1, 6, &Device::Cpu).unwrap();
+        for m in [&mask, &causal] {
+            check(
+                &[&s],
+                || masked_softmax(&s, m, 0.35),
+                || candle_nn::ops::softmax(&(s.as_tensor() * 0.35)?.broadcast_add(m)?, D::Minus1),
+                1e-5,
+            );
+        }
+    }
+
+    #[test]
+    fn silu_mul_matches_composed() {
+        let a = randn(&[3, 40_000], 5);
+        let b = randn(&[3, 40_000], 6);
+        check(
+            &[&a, &b],
+            || silu_mul(&a, &b),
+            || a.silu()? * b.as_tensor(),
+            1e-5,
+        );
+    }
+
+    #[test]
+    fn nll_matches_log_softmax() {
+        let x = randn(&[5, 300], 7);
+        let t = Tensor::from_vec(vec![0u32, 17, 299, 3, 150], 5, &Device::Cpu).unwrap();
+        check(
+            &[&x],
+            || nll(&x, &t),
+            || {
+                candle_nn::ops::log_softmax(&x, D::Minus1)?
+                    .gather(&t.unsqueeze(1)?, 1)?
+                    .squeeze(1)?
+                    .neg()
+            },
+            1e-5,
+        );
+        let bad = Tensor::from_vec(vec![0u32, 17, 300, 3, 150], 5, &Device::Cpu).unwrap();
+        assert!(nll(&x, &bad).is_err());
+    }
+}
