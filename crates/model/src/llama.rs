@@ -11,6 +11,10 @@
 //! [`packed_mask`] build both from per-position instance ids (positions restart at zero and
 //! attention is causal within an instance only).
 //!
+//! For LoRA, [`Llama::freeze`] detaches the weights from their variables, [`Llama::set_lora`]
+//! adds a low-rank adapter to a projection and [`Llama::set_token_rows`] makes some embedding
+//! (and untied output) rows trainable tensors of their own.
+//!
 //! Weights are [`candle_nn::VarMap`] variables named by their Hugging Face names
 //! ([`crate::names`]), so a `VarMap` saved with `save` is a `model.safetensors` that loads back.
 
@@ -250,7 +254,14 @@ impl Llama {
     /// The output matrix as the forward uses it.
     fn output_weight(&self) -> candle_core::Result<Tensor> {
         match (&self.lm_head, &self.rows) {
-            (Some(h), Some(TokenRows { ids, head: Some(rows), .. })) => replace_rows(h, ids, rows),
+            (
+                Some(h),
+                Some(TokenRows {
+                    ids,
+                    head: Some(rows),
+                    ..
+                }),
+            ) => replace_rows(h, ids, rows),
             (Some(h), _) => Ok(h.clone()),
             (None, _) => self.embedding(),
         }
@@ -400,10 +411,10 @@ impl Llama {
         let eps = c.rms_norm_eps;
         let scale = 1.0 / (d as f64).sqrt();
         let (cos, sin) = rope_cos_sin(c, positions)?; // [b, 1, t, d]
-        let mut x =
-            self.embedding()?
-                .index_select(&ids.flatten_all()?, 0)?
-                .reshape((b, t, c.hidden_size))?;
+        let mut x = self
+            .embedding()?
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, c.hidden_size))?;
         for l in &self.layers {
             let h = rms_norm(&x, &l.attn_norm, eps)?;
             // [b, t, heads*d] -> [b, heads, t, d]

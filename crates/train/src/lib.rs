@@ -36,9 +36,9 @@ pub mod trainer;
 pub mod vocab;
 
 pub use data::{read_conversations, Conversation};
+pub use lora::LoraConfig;
 pub use pack::{Packing, Row};
 pub use tokenize::{Instance, MaskOptions, Overlong};
-pub use lora::LoraConfig;
 pub use trainer::{StepLog, TrainConfig, Trainer};
 
 use std::path::PathBuf;

@@ -157,9 +157,9 @@ pub fn token_ids(tok: &TrainTokenizer) -> Result<Vec<u32>, TrainError> {
     let mut ids = SpecialToken::ALL
         .iter()
         .map(|t| {
-            tok.inner.token_to_id(t.as_str()).ok_or_else(|| {
-                TrainError::Tokenizer(format!("the tokenizer lacks {}", t.as_str()))
-            })
+            tok.inner
+                .token_to_id(t.as_str())
+                .ok_or_else(|| TrainError::Tokenizer(format!("the tokenizer lacks {}", t.as_str())))
         })
         .collect::<Result<Vec<u32>, _>>()?;
     ids.sort_unstable();
@@ -322,9 +322,9 @@ impl Adapter {
         let mut saved = candle_core::safetensors::load(&p, device)
             .map_err(|e| TrainError::Resume(format!("{}: {e}", p.display())))?;
         for (name, var) in &self.vars {
-            let t = saved.remove(name).ok_or_else(|| {
-                TrainError::Resume(format!("{} has no {name}", p.display()))
-            })?;
+            let t = saved
+                .remove(name)
+                .ok_or_else(|| TrainError::Resume(format!("{} has no {name}", p.display())))?;
             if t.dims() != var.dims() {
                 return Err(TrainError::Resume(format!(
                     "{}: {name} has shape {:?}, the run's {:?}",
@@ -361,7 +361,11 @@ impl Adapter {
             .as_array()
             .ok_or_else(|| bad("no trainable_token_indices.embed_tokens"))?
             .iter()
-            .map(|i| i.as_u64().map(|i| i as u32).ok_or_else(|| bad("a token index")))
+            .map(|i| {
+                i.as_u64()
+                    .map(|i| i as u32)
+                    .ok_or_else(|| bad("a token index"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok((
             LoraConfig {

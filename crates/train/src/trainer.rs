@@ -32,10 +32,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::data::read_conversations;
+use crate::lora::{token_ids, Adapter, LoraConfig};
 use crate::optim::{clip_grad_norm, cosine_lr, AdamW, AdamWParams};
 use crate::pack::{efficiency, pack, stream_row, Packing, Row};
 use crate::tokenize::{tokenize_all, Dataset, MaskOptions, Overlong, TrainTokenizer};
-use crate::lora::{token_ids, Adapter, LoraConfig};
 use crate::vocab::resize_embeddings;
 use crate::{io_err, TrainError};
 
@@ -261,7 +261,13 @@ impl Trainer {
         if let Some(r) = resume {
             let lora_ckpt = r.join(crate::lora::ADAPTER_CONFIG).exists();
             if lora_ckpt != cfg.lora.is_some() {
-                let kind = |lora: bool| if lora { "a LoRA run" } else { "a full fine-tuning run" };
+                let kind = |lora: bool| {
+                    if lora {
+                        "a LoRA run"
+                    } else {
+                        "a full fine-tuning run"
+                    }
+                };
                 return Err(TrainError::Resume(format!(
                     "{} was written by a different run: {} (now {})",
                     r.display(),
@@ -277,8 +283,7 @@ impl Trainer {
         };
         let device = device();
         let (vars, config, source_config, tok, added_tokens) = load_base(dir, &device)?;
-        let mut model =
-            Llama::new(&config, VarBuilder::from_varmap(&vars, DType::F32, &device))?;
+        let mut model = Llama::new(&config, VarBuilder::from_varmap(&vars, DType::F32, &device))?;
         let adapter = match &cfg.lora {
             Some(l) => {
                 let a = Adapter::new(
@@ -700,7 +705,16 @@ pub fn write_model_dir(
 pub fn load_base(
     dir: &Path,
     device: &Device,
-) -> Result<(VarMap, ModelConfig, serde_json::Value, TrainTokenizer, usize), TrainError> {
+) -> Result<
+    (
+        VarMap,
+        ModelConfig,
+        serde_json::Value,
+        TrainTokenizer,
+        usize,
+    ),
+    TrainError,
+> {
     let ckpt = Checkpoint::open(dir)?;
     let mut config = ckpt.config().clone();
     let cfg_path = dir.join("config.json");

@@ -99,7 +99,10 @@ fn transformers_logits_on_our_checkpoints_equal_the_engines() {
         .iter()
         .map(|v| v.as_u64().unwrap() as u32)
         .collect();
-    assert_eq!(ids, want_ids, "our tokenizer and transformers' on the checkpoint");
+    assert_eq!(
+        ids, want_ids,
+        "our tokenizer and transformers' on the checkpoint"
+    );
 
     for (name, dir) in [
         ("full", &full_dir),

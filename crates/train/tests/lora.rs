@@ -58,7 +58,10 @@ fn lora_trains_only_the_adapter_resumes_and_merges() {
     let mut full = Trainer::new(&base, &data(), cfg.clone(), None).unwrap();
     assert_eq!(full.added_tokens, 8);
     let ids = token_ids(&full.tok).unwrap();
-    assert_eq!(ids, ((old_vocab as u32)..(old_vocab as u32 + 8)).collect::<Vec<_>>());
+    assert_eq!(
+        ids,
+        ((old_vocab as u32)..(old_vocab as u32 + 8)).collect::<Vec<_>>()
+    );
 
     // Every trainable parameter gets a gradient (loss_and_grads fails otherwise); at the start
     // B is zero, so A's gradient is zero and B's and the rows' are not.
@@ -106,10 +109,9 @@ fn lora_trains_only_the_adapter_resumes_and_merges() {
         adapter["base_model.model.lm_head.token_adapter.trainable_tokens_delta"].dims(),
         [8, c.hidden_size]
     );
-    let ac: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(last.join("adapter_config.json")).unwrap(),
-    )
-    .unwrap();
+    let ac: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(last.join("adapter_config.json")).unwrap())
+            .unwrap();
     assert_eq!(ac["r"], 4);
     assert_eq!(ac["peft_type"], "LORA");
     assert_eq!(ac["target_modules"].as_array().unwrap().len(), 7);
@@ -120,7 +122,10 @@ fn lora_trains_only_the_adapter_resumes_and_merges() {
         .as_tensor()
         .clone();
     assert_eq!(
-        max_diff(&after_base, &before[&Weight::Layer(0, LayerWeight::Q).hf_name()]),
+        max_diff(
+            &after_base,
+            &before[&Weight::Layer(0, LayerWeight::Q).hf_name()]
+        ),
         0.0
     );
     let merged = load(&a.join("merged/model.safetensors"));
@@ -147,7 +152,10 @@ fn lora_trains_only_the_adapter_resumes_and_merges() {
     let row = &full.data.rows[0];
     let inst = &full.data.dataset.instances[row.instances[0]];
     let seq = &inst.ids[..inst.ids.len().min(64)];
-    assert!(seq.iter().any(|t| ids.contains(t)), "the prompt uses a new token");
+    assert!(
+        seq.iter().any(|t| ids.contains(t)),
+        "the prompt uses a new token"
+    );
     assert!(engine_vs(&a.join("merged"), &full.model, seq) < 1e-4);
 
     // Merging the saved adapter into the base again gives the same weights.

@@ -99,7 +99,14 @@ pub fn engine_vs(dir: &Path, model: &Llama, seq: &[u32]) -> f32 {
         all_logits: true,
     }];
     let theirs = engine.forward(&mut steps).unwrap().remove(0);
-    let max = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let max = |t: &Tensor| {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
     let d = max(&(&ours - &theirs).unwrap());
     let rel = d / max(&ours);
     eprintln!(
