@@ -6,27 +6,13 @@
 
 mod common;
 
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 use common::*;
-use mathcoder_engine::{load_model, LoadOptions};
 use mathcoder_train::lora::parse_targets;
 use mathcoder_train::tokenize::TrainTokenizer;
 use mathcoder_train::{LoraConfig, Packing, TrainConfig, Trainer};
 use serde_json::Value;
 use std::path::Path;
-
-/// The engine's logits `[t, vocab]` on `ids` with the checkpoint at `dir`.
-fn engine_logits(dir: &Path, ids: &[u32]) -> Vec<Vec<f64>> {
-    let engine = load_model(dir, &LoadOptions::default()).unwrap();
-    let mut cache = engine.new_cache();
-    let mut steps = [mathcoder_engine::model::Step {
-        cache: &mut cache,
-        tokens: ids,
-        all_logits: true,
-    }];
-    let t: Tensor = engine.forward(&mut steps).unwrap().remove(0);
-    t.to_dtype(DType::F64).unwrap().to_vec2().unwrap()
-}
 
 /// Worst difference of per-position (norm, sum, projection) against the fixture's, relative
 /// to the position's norm (sum and projection also over sqrt(vocab)).
@@ -109,7 +95,11 @@ fn transformers_logits_on_our_checkpoints_equal_the_engines() {
         ("lora_merged", &merged),
         ("lora_peft", &merged),
     ] {
-        let ours = engine_logits(dir, &ids);
+        let ours: Vec<Vec<f64>> = engine_logits(dir, &ids)
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         let theirs = &want["models"][name];
         let d = worst(&ours, theirs);
         eprintln!(

@@ -83,22 +83,27 @@ pub fn without_mathcoder_tokens(src: &Path, dir: &Path) -> usize {
     old_vocab
 }
 
-/// Max |Δ| / max |logit| between `model`'s logits on `seq` and the engine's on the checkpoint
-/// at `dir`.
-pub fn engine_vs(dir: &Path, model: &Llama, seq: &[u32]) -> f32 {
+/// The engine's logits `[t, vocab]` on `seq` with the checkpoint at `dir`.
+pub fn engine_logits(dir: &Path, seq: &[u32]) -> Tensor {
     let engine = load_model(dir, &LoadOptions::default()).unwrap();
-    let ids = Tensor::new(seq, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let ours = model.forward(&ids, None, None).unwrap().squeeze(0).unwrap();
     let mut cache = engine.new_cache();
     let mut steps = [mathcoder_engine::model::Step {
         cache: &mut cache,
         tokens: seq,
         all_logits: true,
     }];
-    let theirs = engine.forward(&mut steps).unwrap().remove(0);
+    engine.forward(&mut steps).unwrap().remove(0)
+}
+
+/// Max |Δ| / max |logit| between `model`'s logits on `seq` and the engine's on the checkpoint
+/// at `dir`.
+pub fn engine_vs(dir: &Path, model: &Llama, seq: &[u32]) -> f32 {
+    let ids = Tensor::new(seq, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let ours = model.forward(&ids, None, None).unwrap().squeeze(0).unwrap();
+    let theirs = engine_logits(dir, seq);
     let max = |t: &Tensor| {
         t.abs()
             .unwrap()
