@@ -586,4 +586,26 @@ mod tests {
         assert!(packed_mask(&[vec![0, 0], vec![0]], &Device::Cpu).is_err());
         assert!(packed_mask(&[], &Device::Cpu).is_err());
     }
+
+    #[test]
+    fn replaced_rows_land_where_their_ids_say() {
+        let base = Tensor::arange(0f32, 12.0, &Device::Cpu)
+            .unwrap()
+            .reshape((6, 2))
+            .unwrap();
+        let rows = Tensor::new(&[[-1f32, -1.0], [-3.0, -3.0], [-4.0, -4.0]], &Device::Cpu).unwrap();
+        let out = replace_rows(&base, &[1, 3, 4], &rows)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let first: Vec<f32> = out.iter().map(|r| r[0]).collect();
+        assert_eq!(first, vec![0.0, -1.0, 4.0, -3.0, -4.0, 10.0]);
+        let out = replace_rows(&base, &[0, 5], &rows.narrow(0, 0, 2).unwrap())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(out[0], vec![-1.0, -1.0]);
+        assert_eq!(out[5], vec![-3.0, -3.0]);
+        assert_eq!(out[2], vec![4.0, 5.0]);
+    }
 }
