@@ -8,6 +8,9 @@ Run by hand (torch is too heavy for CI; commit only the JSON it writes):
         --out /tmp/parity-trl.jsonl
     /tmp/ref-venv/bin/python scripts/train-parity.py crates/engine/tests/fixtures/llama2-tiny \
         /tmp/parity-trl.jsonl crates/train/tests/fixtures/parity-llama2-tiny.json
+    /tmp/ref-venv/bin/pip install peft   # for the LoRA reference:
+    /tmp/ref-venv/bin/python scripts/train-parity.py crates/engine/tests/fixtures/llama2-tiny \
+        /tmp/parity-trl.jsonl crates/train/tests/fixtures/parity-lora-llama2-tiny.json --lora 4 8
 
 The packed rows come from our own export (the same rows and order `train` uses). Each packed
 instance is run alone through transformers' LlamaForCausalLM (f32, eager attention), which is
@@ -25,13 +28,36 @@ import torch
 from transformers import LlamaForCausalLM, get_cosine_schedule_with_warmup
 
 model_dir, trl, out = sys.argv[1:4]
+lora = sys.argv[4:7] if len(sys.argv) > 4 and sys.argv[4] == "--lora" else None
 LR, WARMUP, TOTAL, GLOBAL = 1e-3, 2, 3, 2
 
 torch.use_deterministic_algorithms(True)
 model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
 model.train()
 rows = [json.loads(l) for l in open(trl)]
-params = dict(model.named_parameters())
+if lora:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    specials = ["<|system|>", "<|user|>", "<|assistant|>", "<|text|>", "<|code|>", "<|execution|>",
+                "<|endofblock|>", "<|endofmessage|>"]
+    ids = sorted(tok.convert_tokens_to_ids(t) for t in specials)
+    model = get_peft_model(model, LoraConfig(
+        r=int(lora[1]), lora_alpha=float(lora[2]), lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        trainable_token_indices={"embed_tokens": ids}))
+    model.train()
+    named = {k.replace(".default", ""): p for k, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for k, name in enumerate(sorted(named)):
+            if ".lora_" in name:
+                p = named[name]
+                f = torch.arange(p.numel(), dtype=torch.float64)
+                p.copy_((0.02 * torch.sin(0.7 * f + k)).reshape(p.shape).to(p.dtype))
+    params = named
+else:
+    params = dict(model.named_parameters())
 
 
 def instances(row):
@@ -62,7 +88,7 @@ def loss_and_backward(batch):
 
 
 before = {k: p.detach().clone() for k, p in params.items()}
-opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+opt = torch.optim.AdamW(params.values(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 sched = get_cosine_schedule_with_warmup(opt, WARMUP, TOTAL)
 result = {"model": model_dir, "trl": trl, "steps": []}
 for step in range(TOTAL):
@@ -76,7 +102,7 @@ for step in range(TOTAL):
     # The exact norm of the same gradients: clip_grad_norm_'s f32 reduction over the 1M-entry
     # embedding gradient is ~2e-5 off it (Adam's update hardly depends on the clip scale).
     exact = math.sqrt(sum(p.grad.double().norm().item() ** 2 for p in params.values()))
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).item()
+    norm = torch.nn.utils.clip_grad_norm_(params.values(), 1.0).item()
     lr = sched.get_last_lr()[0]
     opt.step()
     sched.step()
@@ -85,4 +111,7 @@ for step in range(TOTAL):
     print(result["steps"][-1])
 result["delta_after_3"] = {k: stats(p.detach() - before[k]) for k, p in params.items()}
 result["versions"] = {"torch": torch.__version__, "transformers": __import__("transformers").__version__}
+if lora:
+    result["lora"] = {"r": int(lora[1]), "alpha": float(lora[2]), "token_ids": ids,
+                      "peft": __import__("peft").__version__}
 json.dump(result, open(out, "w"), indent=1)

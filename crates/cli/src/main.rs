@@ -47,6 +47,9 @@ enum Command {
     /// Print one training instance with its trained and masked tokens told apart (masked ones
     /// dimmed on a terminal, else in [[...]]), and its token counts.
     Inspect(commands::train::InspectArgs),
+    /// Write a full Hugging Face checkpoint for other trainers and the engine: the base with
+    /// MathCoder's tokens added (rows = mean), or with --adapter a LoRA checkpoint merged in.
+    PrepareModel(commands::train::PrepareModelArgs),
 }
 
 fn main() {
@@ -67,6 +70,7 @@ fn main() {
         Command::Export(a) => commands::train::export(a),
         Command::Data(a) => commands::data::run(a),
         Command::Inspect(a) => commands::train::inspect(a),
+        Command::PrepareModel(a) => commands::train::prepare_model(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -227,3 +227,77 @@ fn export_trl_then_train_two_steps() {
         assert!(out.join("checkpoint-2").join(f).exists(), "{f}");
     }
 }
+
+#[test]
+fn lora_train_then_prepare_model_merges_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("lora");
+    let steps = [
+        "--lr",
+        "1e-2",
+        "--warmup-steps",
+        "1",
+        "--global-batch",
+        "2",
+        "--max-steps",
+        "2",
+        "--threads",
+        "2",
+    ];
+    let err = ok(common(bin().arg("train"))
+        .arg("--out")
+        .arg(&out)
+        .args(steps)
+        .args(["--lora-rank", "2", "--lora-targets", "q_proj,down_proj"]));
+    assert!(
+        err.contains("LoRA r=2 alpha=8 targets=q_proj,down_proj"),
+        "{err}"
+    );
+    let ck = out.join("checkpoint-2");
+    for f in [
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "optimizer.safetensors",
+        "trainer_state.json",
+    ] {
+        assert!(ck.join(f).exists(), "{f}");
+    }
+    assert!(out.join("merged/model.safetensors").exists());
+    assert!(std::fs::read_to_string(out.join("loss.svg"))
+        .unwrap()
+        .contains("<polyline"));
+
+    // prepare-model merges the checkpoint into the base: the same weights as OUT/merged.
+    let merged = tmp.path().join("merged");
+    let err = ok(bin()
+        .arg("prepare-model")
+        .arg("--model")
+        .arg(root().join("engine/tests/fixtures/llama2-tiny"))
+        .arg("--adapter")
+        .arg(&ck)
+        .arg("--out")
+        .arg(&merged));
+    assert!(err.contains("merged"), "{err}");
+    assert_eq!(
+        std::fs::read(merged.join("model.safetensors")).unwrap(),
+        std::fs::read(out.join("merged/model.safetensors")).unwrap()
+    );
+
+    // Clear refusals.
+    let bad = common(bin().arg("train"))
+        .arg("--out")
+        .arg(tmp.path().join("bad"))
+        .args(["--lora-rank", "2", "--lora-targets", "q_proj,norm"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown module \"norm\""));
+    let bad = common(bin().arg("train"))
+        .arg("--out")
+        .arg(tmp.path().join("bad"))
+        .args(["--lora-alpha", "4"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}

@@ -15,6 +15,10 @@
 //! attention is causal within an instance only). [`nll`] is the per-token cross-entropy of
 //! logits against targets (fused on the CPU too).
 //!
+//! For LoRA, [`Llama::freeze`] detaches the weights from their variables, [`Llama::set_lora`]
+//! adds a low-rank adapter to a projection and [`Llama::set_token_rows`] makes some embedding
+//! (and untied output) rows trainable tensors of their own.
+//!
 //! Weights are [`candle_nn::VarMap`] variables named by their Hugging Face names
 //! ([`crate::names`]), so a `VarMap` saved with `save` is a `model.safetensors` that loads back.
 
@@ -27,17 +31,88 @@ use crate::fused;
 use crate::names::{LayerWeight, Weight};
 use crate::ModelError;
 
+/// A low-rank adapter on a projection (LoRA, Hu et al. 2021, as PEFT computes it):
+/// `y = x W^T + scale * (x A^T) B^T`, `A` `[rank, in]`, `B` `[out, rank]`.
+#[derive(Clone)]
+pub struct LoraPair {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+}
+
+/// A projection `[out, in]`, with an optional adapter.
+struct Proj {
+    w: Tensor,
+    lora: Option<LoraPair>,
+}
+
+impl From<Tensor> for Proj {
+    fn from(w: Tensor) -> Proj {
+        Proj { w, lora: None }
+    }
+}
+
+/// Rows of the embedding (and untied output) matrix that replace the frozen ones: `ids`
+/// ascending, row `k` of `embed`/`head` for token `ids[k]` (PEFT's trainable tokens).
+#[derive(Clone)]
+pub struct TokenRows {
+    pub ids: Vec<u32>,
+    pub embed: Tensor,
+    /// For an untied output matrix.
+    pub head: Option<Tensor>,
+}
+
+/// `base` with the rows `ids` replaced by those of `rows`, as one differentiable tensor.
+pub fn replace_rows(base: &Tensor, ids: &[u32], rows: &Tensor) -> candle_core::Result<Tensor> {
+    let n = base.dim(0)?;
+    let mut pieces = Vec::new();
+    let (mut at, mut k) = (0usize, 0usize);
+    while k < ids.len() {
+        // A run of consecutive ids takes a run of consecutive rows.
+        let start = ids[k] as usize;
+        let mut len = 1;
+        while k + len < ids.len() && ids[k + len] as usize == start + len {
+            len += 1;
+        }
+        if start > at {
+            pieces.push(base.narrow(0, at, start - at)?);
+        }
+        pieces.push(rows.narrow(0, k, len)?);
+        at = start + len;
+        k += len;
+    }
+    if at < n {
+        pieces.push(base.narrow(0, at, n - at)?);
+    }
+    Tensor::cat(&pieces, 0)
+}
+
 /// One decoder layer's weights (projections stored `[out, in]`).
 struct Block {
     attn_norm: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
+    q: Proj,
+    k: Proj,
+    v: Proj,
+    o: Proj,
     mlp_norm: Tensor,
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
+    gate: Proj,
+    up: Proj,
+    down: Proj,
+}
+
+impl Block {
+    fn proj_mut(&mut self, w: LayerWeight) -> Option<&mut Proj> {
+        match w {
+            LayerWeight::Q => Some(&mut self.q),
+            LayerWeight::K => Some(&mut self.k),
+            LayerWeight::V => Some(&mut self.v),
+            LayerWeight::O => Some(&mut self.o),
+            LayerWeight::Gate => Some(&mut self.gate),
+            LayerWeight::Up => Some(&mut self.up),
+            LayerWeight::Down => Some(&mut self.down),
+            LayerWeight::AttnNorm | LayerWeight::MlpNorm => None,
+        }
+    }
 }
 
 /// A Llama-family decoder (multi-head or grouped-query attention, tied or untied output).
@@ -48,6 +123,8 @@ pub struct Llama {
     norm: Tensor,
     /// `None` when tied to the embeddings.
     lm_head: Option<Tensor>,
+    /// Trainable rows replacing some of `embed`'s (and `lm_head`'s).
+    rows: Option<TokenRows>,
 }
 
 /// Hugging Face's initialisation: normal(0, 0.02) matrices, norms at one.
@@ -77,14 +154,14 @@ impl Llama {
                 let l = |w: LayerWeight| get(Weight::Layer(i, w));
                 Ok(Block {
                     attn_norm: l(LayerWeight::AttnNorm)?,
-                    q: l(LayerWeight::Q)?,
-                    k: l(LayerWeight::K)?,
-                    v: l(LayerWeight::V)?,
-                    o: l(LayerWeight::O)?,
+                    q: l(LayerWeight::Q)?.into(),
+                    k: l(LayerWeight::K)?.into(),
+                    v: l(LayerWeight::V)?.into(),
+                    o: l(LayerWeight::O)?.into(),
                     mlp_norm: l(LayerWeight::MlpNorm)?,
-                    gate: l(LayerWeight::Gate)?,
-                    up: l(LayerWeight::Up)?,
-                    down: l(LayerWeight::Down)?,
+                    gate: l(LayerWeight::Gate)?.into(),
+                    up: l(LayerWeight::Up)?.into(),
+                    down: l(LayerWeight::Down)?.into(),
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
@@ -98,7 +175,101 @@ impl Llama {
             } else {
                 Some(get(Weight::LmHead)?)
             },
+            rows: None,
         })
+    }
+
+    /// Detaches every weight from its variable: gradients no longer reach them (the base of a
+    /// LoRA run). Adapters and token rows set afterwards are what trains.
+    pub fn freeze(&mut self) {
+        self.embed = self.embed.detach();
+        self.norm = self.norm.detach();
+        self.lm_head = self.lm_head.as_ref().map(Tensor::detach);
+        for l in &mut self.layers {
+            l.attn_norm = l.attn_norm.detach();
+            l.mlp_norm = l.mlp_norm.detach();
+            for w in LayerWeight::ALL {
+                if let Some(p) = l.proj_mut(w) {
+                    p.w = p.w.detach();
+                }
+            }
+        }
+    }
+
+    /// Puts a LoRA adapter on projection `which` of layer `layer` (replacing any).
+    pub fn set_lora(
+        &mut self,
+        layer: usize,
+        which: LayerWeight,
+        lora: LoraPair,
+    ) -> Result<(), ModelError> {
+        let name = Weight::Layer(layer, which).hf_name();
+        let p = self
+            .layers
+            .get_mut(layer)
+            .and_then(|l| l.proj_mut(which))
+            .ok_or_else(|| ModelError::Input(format!("{name} is not a projection of the model")))?;
+        let (out, inp) = p.w.dims2()?;
+        let (r, a_in) = lora.a.dims2()?;
+        let (b_out, b_r) = lora.b.dims2()?;
+        if a_in != inp || b_out != out || b_r != r {
+            return Err(ModelError::Input(format!(
+                "{name} is [{out}, {inp}]: a LoRA pair of A {:?} and B {:?} does not fit",
+                lora.a.dims(),
+                lora.b.dims()
+            )));
+        }
+        p.lora = Some(lora);
+        Ok(())
+    }
+
+    /// Replaces the embedding rows (and untied output rows) of `rows.ids` by `rows`' tensors.
+    pub fn set_token_rows(&mut self, rows: TokenRows) -> Result<(), ModelError> {
+        let h = self.config.hidden_size;
+        let n = rows.ids.len();
+        let sorted = rows.ids.windows(2).all(|w| w[0] < w[1]);
+        let in_vocab = rows
+            .ids
+            .last()
+            .is_none_or(|&i| (i as usize) < self.config.vocab_size);
+        let shapes_ok = rows.embed.dims() == [n, h]
+            && match (&self.lm_head, &rows.head) {
+                (Some(_), Some(t)) => t.dims() == [n, h],
+                (None, None) => true,
+                _ => false,
+            };
+        if !(sorted && in_vocab && shapes_ok) {
+            return Err(ModelError::Input(format!(
+                "token rows must be ascending ids in the vocabulary with [{n}, {h}] rows for the embeddings{}",
+                if self.lm_head.is_some() { " and the untied output" } else { " only (tied output)" }
+            )));
+        }
+        self.rows = Some(rows);
+        Ok(())
+    }
+
+    /// The embedding matrix as the forward uses it.
+    fn embedding(&self) -> candle_core::Result<Tensor> {
+        match &self.rows {
+            Some(r) => replace_rows(&self.embed, &r.ids, &r.embed),
+            None => Ok(self.embed.clone()),
+        }
+    }
+
+    /// The output matrix as the forward uses it.
+    fn output_weight(&self) -> candle_core::Result<Tensor> {
+        match (&self.lm_head, &self.rows) {
+            (
+                Some(h),
+                Some(TokenRows {
+                    ids,
+                    head: Some(rows),
+                    ..
+                }),
+            ) => replace_rows(h, ids, rows),
+            (Some(h), _) => Ok(h.clone()),
+            (None, _) => self.embedding(),
+        }
     }
 
     /// Reads a checkpoint (any format [`Checkpoint`] reads; GGUF matrices are dequantized) into
@@ -148,7 +319,7 @@ impl Llama {
     /// (from [`Llama::hidden_states`]). A trainer applies it only at the positions that have a
     /// target, which spares the `[b, t, vocab]` logits of the others.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
-        let w = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let w = self.output_weight()?;
         let dims = hidden.dims().to_vec();
         let Some((&h, lead)) = dims.split_last() else {
             return Err(ModelError::Input(
@@ -245,16 +416,16 @@ impl Llama {
         let eps = c.rms_norm_eps;
         let scale = 1.0 / (d as f64).sqrt();
         let (cos, sin) = rope_tables(positions, d, c.rope_theta)?; // [b, t, d/2]
-        let mut x =
-            self.embed
-                .index_select(&ids.flatten_all()?, 0)?
-                .reshape((b, t, c.hidden_size))?;
+        let mut x = self
+            .embedding()?
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, c.hidden_size))?;
         if fused::applies(&x) {
             let norm = |x: &Tensor, w: &Tensor| fused::rms_norm(x, w, eps);
             for l in &self.layers {
                 let h = norm(&x, &l.attn_norm)?;
                 // [b, t, heads*d] -> [b, heads, t, d] (rotated, repeated for GQA) in one pass.
-                let proj = |w: &Tensor, n: usize| linear(&h, w)?.reshape((b, t, n, d));
+                let proj = |w: &Proj, n: usize| linear(&h, w)?.reshape((b, t, n, d));
                 let q = fused::heads(&proj(&l.q, nh)?, Some((&cos, &sin)), 1)?;
                 let k = fused::heads(&proj(&l.k, nkv)?, Some((&cos, &sin)), nh / nkv)?;
                 let v = fused::heads(&proj(&l.v, nkv)?, None, nh / nkv)?;
@@ -272,7 +443,7 @@ impl Llama {
         for l in &self.layers {
             let h = rms_norm(&x, &l.attn_norm, eps)?;
             // [b, t, heads*d] -> [b, heads, t, d]
-            let heads = |w: &Tensor, n: usize| -> candle_core::Result<Tensor> {
+            let heads = |w: &Proj, n: usize| -> candle_core::Result<Tensor> {
                 linear(&h, w)?
                     .reshape((b, t, n, d))?
                     .transpose(1, 2)?
@@ -295,11 +466,17 @@ impl Llama {
     }
 }
 
-/// `x @ w.T` for `x` `[b, t, in]` and `w` `[out, in]`.
-fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+/// `x @ w.T` for `x` `[b, t, in]` and `w` `[out, in]`, plus the adapter's
+/// `scale * (x @ A.T) @ B.T`.
+fn linear(x: &Tensor, p: &Proj) -> candle_core::Result<Tensor> {
     let (b, t, i) = x.dims3()?;
-    let o = w.dim(0)?;
-    x.reshape((b * t, i))?.matmul(&w.t()?)?.reshape((b, t, o))
+    let o = p.w.dim(0)?;
+    let x = x.reshape((b * t, i))?;
+    let mut y = x.matmul(&p.w.t()?)?;
+    if let Some(l) = &p.lora {
+        y = (y + (x.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?)?;
+    }
+    y.reshape((b, t, o))
 }
 
 /// Cos and sin of every position's rotary angles, `[b, t, head_dim / 2]` (one half; both
@@ -472,5 +649,27 @@ mod tests {
         assert_eq!(allowed[2], vec![true, true, true, false, false]);
         assert!(packed_mask(&[vec![0, 0], vec![0]], &Device::Cpu).is_err());
         assert!(packed_mask(&[], &Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn replaced_rows_land_where_their_ids_say() {
+        let base = Tensor::arange(0f32, 12.0, &Device::Cpu)
+            .unwrap()
+            .reshape((6, 2))
+            .unwrap();
+        let rows = Tensor::new(&[[-1f32, -1.0], [-3.0, -3.0], [-4.0, -4.0]], &Device::Cpu).unwrap();
+        let out = replace_rows(&base, &[1, 3, 4], &rows)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let first: Vec<f32> = out.iter().map(|r| r[0]).collect();
+        assert_eq!(first, vec![0.0, -1.0, 4.0, -3.0, -4.0, 10.0]);
+        let out = replace_rows(&base, &[0, 5], &rows.narrow(0, 0, 2).unwrap())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(out[0], vec![-1.0, -1.0]);
+        assert_eq!(out[5], vec![-3.0, -3.0]);
+        assert_eq!(out[2], vec![4.0, 5.0]);
     }
 }

@@ -10,9 +10,12 @@
 //!   initialised to the mean of the existing rows.
 //! * [`pack`]: first-fit-decreasing packing into fixed-length rows (`isolated`, `naive`,
 //!   `none`) and the seeded data order.
+//! * [`lora`]: LoRA adapters (PEFT's layout, MathCoder's token rows trainable) and their merge
+//!   into full weights.
 //! * [`optim`]: AdamW with PyTorch's semantics, cosine schedule with linear warm-up.
 //! * [`trainer`]: gradient accumulation to a global batch, clipping, the step log,
 //!   checkpoints and exact resume.
+//! * [`plot`]: the loss curve (`OUT/loss.svg`).
 //! * [`export`]: the same packed rows for cluster trainers (TRL), and the conversations with
 //!   their loss mask (axolotl, LLaMA-Factory).
 //! * [`inspect`]: one instance with trained and masked tokens told apart.
@@ -23,14 +26,17 @@ pub mod data;
 pub mod export;
 pub mod inspect;
 pub mod launch;
+pub mod lora;
 pub mod optim;
 pub mod pack;
+pub mod plot;
 pub mod rng;
 pub mod tokenize;
 pub mod trainer;
 pub mod vocab;
 
 pub use data::{read_conversations, Conversation};
+pub use lora::LoraConfig;
 pub use pack::{Packing, Row};
 pub use tokenize::{Instance, MaskOptions, Overlong};
 pub use trainer::{StepLog, TrainConfig, Trainer};
@@ -58,6 +64,8 @@ pub enum TrainError {
     Tokenizer(String),
     #[error("invalid settings: {0}")]
     Config(String),
+    #[error("plotting {path}: {message}")]
+    Plot { path: PathBuf, message: String },
     #[error("resuming: {0}")]
     Resume(String),
     #[error("tensor computation: {0}")]

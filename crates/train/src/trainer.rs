@@ -13,6 +13,12 @@
 //! transformers load, plus `optimizer.safetensors` (AdamW moments) and `trainer_state.json`
 //! (step, data position, settings, a fingerprint of the packed data, the log so far). Resuming
 //! from it continues the same run: same data order, same schedule, same log lines.
+//!
+//! A LoRA run ([`crate::lora`]) trains an adapter on the frozen base: its checkpoints hold the
+//! adapter in PEFT's layout (`adapter_model.safetensors`, `adapter_config.json`), the
+//! tokenizer files, the optimizer state and `trainer_state.json`; resuming reads the base from
+//! `--model` again. At its last step it also writes the merged full model (`OUT/merged`).
+//! Every run ends with `OUT/loss.svg`, the loss and learning-rate curve of its whole log.
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -20,11 +26,13 @@ use mathcoder_lce::SpecialToken;
 use mathcoder_model::llama::{nll, packed_mask};
 use mathcoder_model::{Checkpoint, Llama, ModelConfig, Weight};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::data::read_conversations;
+use crate::lora::{token_ids, Adapter, LoraConfig};
 use crate::optim::{clip_grad_norm, cosine_lr, AdamW, AdamWParams};
 use crate::pack::{efficiency, pack, stream_row, Packing, Row};
 use crate::tokenize::{tokenize_all, Dataset, MaskOptions, Overlong, TrainTokenizer};
@@ -57,6 +65,9 @@ pub struct TrainConfig {
     /// Stop (with a checkpoint) after this step, as an interrupted run would; the schedule is
     /// still that of the whole run.
     pub stop_after: Option<u64>,
+    /// Train a LoRA adapter (and MathCoder's token rows) on the frozen model instead of every
+    /// weight.
+    pub lora: Option<LoraConfig>,
 }
 
 impl Default for TrainConfig {
@@ -77,6 +88,7 @@ impl Default for TrainConfig {
             adamw: AdamWParams::default(),
             save_every: None,
             stop_after: None,
+            lora: None,
         }
     }
 }
@@ -98,6 +110,9 @@ impl TrainConfig {
         }
         if self.epochs == 0 && self.max_steps.is_none() {
             return bad("--epochs must be positive");
+        }
+        if let Some(l) = &self.lora {
+            l.check()?;
         }
         Ok(())
     }
@@ -174,6 +189,9 @@ struct TrainerState {
     loss_on_prompt: bool,
     rows: usize,
     data_fingerprint: String,
+    /// The LoRA settings of a LoRA run.
+    #[serde(default)]
+    lora: Option<String>,
     log: Vec<StepLog>,
 }
 
@@ -206,6 +224,9 @@ pub struct Trainer {
     /// Tokens added to the tokenizer (and rows to the embeddings).
     pub added_tokens: usize,
     pub data: Prepared,
+    /// The trained adapter of a LoRA run (the model's own weights are frozen).
+    pub adapter: Option<Adapter>,
+    model_dir: PathBuf,
     opt: AdamW,
     /// Optimizer steps taken.
     pub step: u64,
@@ -237,42 +258,66 @@ impl Trainer {
         resume: Option<&Path>,
     ) -> Result<Trainer, TrainError> {
         cfg.check()?;
-        let dir = resume.unwrap_or(model_dir);
-        let device = device();
-        let ckpt = Checkpoint::open(dir)?;
-        let mut config = ckpt.config().clone();
-        let cfg_path = dir.join("config.json");
-        let source_config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?)
-                .map_err(|e| TrainError::Config(format!("{}: {e}", cfg_path.display())))?;
-        let vars = VarMap::new();
-        {
-            let mut data = vars
-                .data()
-                .lock()
-                .map_err(|_| TrainError::Config("the variable map's lock is poisoned".into()))?;
-            for w in Weight::all(&config) {
-                let t = ckpt.dense(w, DType::F32, &device)?;
-                data.insert(w.hf_name(), Var::from_tensor(&t)?);
+        if let Some(r) = resume {
+            let lora_ckpt = r.join(crate::lora::ADAPTER_CONFIG).exists();
+            if lora_ckpt != cfg.lora.is_some() {
+                let kind = |lora: bool| {
+                    if lora {
+                        "a LoRA run"
+                    } else {
+                        "a full fine-tuning run"
+                    }
+                };
+                return Err(TrainError::Resume(format!(
+                    "{} was written by a different run: {} (now {})",
+                    r.display(),
+                    kind(lora_ckpt),
+                    kind(cfg.lora.is_some())
+                )));
             }
         }
-        drop(ckpt);
-        let (tok, added_tokens) = TrainTokenizer::load(dir)?;
-        resize_embeddings(&vars, &mut config, tok.vocab_size())?;
-        let model = Llama::new(&config, VarBuilder::from_varmap(&vars, DType::F32, &device))?;
+        // A full run's checkpoint holds the weights; a LoRA run's holds the adapter only.
+        let dir = match resume {
+            Some(r) if cfg.lora.is_none() => r,
+            _ => model_dir,
+        };
+        let device = device();
+        let (vars, config, source_config, tok, added_tokens) = load_base(dir, &device)?;
+        let mut model = Llama::new(&config, VarBuilder::from_varmap(&vars, DType::F32, &device))?;
+        let adapter = match &cfg.lora {
+            Some(l) => {
+                let a = Adapter::new(
+                    l.clone(),
+                    &config,
+                    token_ids(&tok)?,
+                    &vars,
+                    cfg.seed,
+                    &device,
+                )?;
+                a.attach(&mut model)?;
+                Some(a)
+            }
+            None => None,
+        };
         let prepared = prepare(&tok, data, &cfg)?;
         let n = prepared.rows.len() as u64;
         let total_steps = cfg
             .max_steps
             .unwrap_or_else(|| (cfg.epochs * n).div_ceil(cfg.global_batch as u64));
-        let mut named: Vec<(String, Var)> = vars
-            .data()
-            .lock()
-            .map_err(|_| TrainError::Config("the variable map's lock is poisoned".into()))?
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let named: Vec<(String, Var)> = match &adapter {
+            Some(a) => a.vars.clone(),
+            None => {
+                let mut named: Vec<(String, Var)> = vars
+                    .data()
+                    .lock()
+                    .map_err(|_| TrainError::Config("the variable map's lock is poisoned".into()))?
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                named.sort_by(|a, b| a.0.cmp(&b.0));
+                named
+            }
+        };
         let opt = AdamW::new(named, cfg.adamw.clone())?;
         let mut t = Trainer {
             cfg,
@@ -282,6 +327,8 @@ impl Trainer {
             tok,
             added_tokens,
             data: prepared,
+            adapter,
+            model_dir: model_dir.to_path_buf(),
             opt,
             step: 0,
             total_steps,
@@ -313,6 +360,7 @@ impl Trainer {
             loss_on_prompt: c.mask.loss_on_prompt,
             rows: self.data.rows.len(),
             data_fingerprint: fingerprint(&self.data.rows),
+            lora: c.lora.as_ref().map(LoraConfig::describe),
             log: self.log.clone(),
         }
     }
@@ -343,7 +391,8 @@ impl Trainer {
             loss_on_execution,
             loss_on_prompt,
             rows,
-            data_fingerprint
+            data_fingerprint,
+            lora
         );
         if !differs.is_empty() {
             return Err(TrainError::Resume(format!(
@@ -359,6 +408,9 @@ impl Trainer {
                 saved.data_position,
                 saved.step
             )));
+        }
+        if let Some(a) = &self.adapter {
+            a.load(dir, &self.device)?;
         }
         let op = dir.join("optimizer.safetensors");
         let state = candle_core::safetensors::load(&op, &self.device)
@@ -501,8 +553,9 @@ impl Trainer {
     }
 
     /// Runs to the end (or to `stop_after`), writing `out/log.jsonl` (the resumed run's earlier
-    /// lines first), checkpoints every `save_every` steps and one at the end; returns the last
-    /// checkpoint's directory.
+    /// lines first), checkpoints every `save_every` steps and one at the end, and `out/loss.svg`
+    /// of the whole log; a LoRA run that reaches its last step also writes the merged model to
+    /// `out/merged`. Returns the last checkpoint's directory.
     pub fn run(
         &mut self,
         out: &Path,
@@ -535,43 +588,56 @@ impl Trainer {
         }
         let last = out.join(format!("checkpoint-{}", self.step));
         self.save(&last)?;
+        crate::plot::write_loss_svg(&self.log, &out.join(LOSS_SVG))?;
+        if self.adapter.is_some() && self.step == self.total_steps {
+            self.save_merged(&out.join(MERGED_DIR))?;
+        }
         Ok(last)
+    }
+
+    /// Full weights by Hugging Face name: the model's, or with LoRA the base with the adapter
+    /// merged in.
+    pub fn weights(&self) -> Result<HashMap<String, Tensor>, TrainError> {
+        match &self.adapter {
+            Some(a) => a.merged(&self.vars, &self.config),
+            None => Ok(self
+                .vars
+                .data()
+                .lock()
+                .map_err(|_| TrainError::Config("the variable map's lock is poisoned".into()))?
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+                .collect()),
+        }
+    }
+
+    /// Writes the full model (a LoRA run's merged into its base) as a Hugging Face directory,
+    /// without training state.
+    pub fn save_merged(&self, dir: &Path) -> Result<(), TrainError> {
+        write_model_dir(
+            dir,
+            &self.source_config,
+            &self.config,
+            &self.weights()?,
+            &self.tok,
+        )
     }
 
     /// Writes a checkpoint directory (see the module docs).
     pub fn save(&self, dir: &Path) -> Result<(), TrainError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let mut cfg = self.source_config.clone();
-        if let Some(o) = cfg.as_object_mut() {
-            o.insert("vocab_size".into(), self.config.vocab_size.into());
-            o.insert("dtype".into(), "float32".into());
-            if o.contains_key("torch_dtype") {
-                o.insert("torch_dtype".into(), "float32".into());
+        match &self.adapter {
+            None => self.save_merged(dir)?,
+            Some(a) => {
+                std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+                let base = std::path::absolute(&self.model_dir).map_err(io_err(&self.model_dir))?;
+                a.save(dir, &base, self.config.tie_word_embeddings)?;
+                write_tokenizer(dir, &self.tok)?;
             }
         }
         let write = |name: &str, text: String| -> Result<(), TrainError> {
             let p = dir.join(name);
             std::fs::write(&p, text).map_err(io_err(&p))
         };
-        write(
-            "config.json",
-            serde_json::to_string_pretty(&cfg).unwrap_or_default(),
-        )?;
-        self.vars.save(dir.join("model.safetensors"))?;
-        let tp = dir.join("tokenizer.json");
-        self.tok
-            .inner
-            .save(&tp, false)
-            .map_err(|e| TrainError::Tokenizer(format!("{}: {e}", tp.display())))?;
-        let specials: Vec<&str> = SpecialToken::ALL.iter().map(|t| t.as_str()).collect();
-        write(
-            "special_tokens_map.json",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>",
-                "additional_special_tokens": specials,
-            }))
-            .unwrap_or_default(),
-        )?;
         candle_core::safetensors::save(&self.opt.state(), dir.join("optimizer.safetensors"))?;
         write(
             "trainer_state.json",
@@ -579,4 +645,123 @@ impl Trainer {
         )?;
         Ok(())
     }
+}
+
+/// The loss curve of a run (`OUT/loss.svg`).
+pub const LOSS_SVG: &str = "loss.svg";
+
+/// Where a LoRA run writes its merged model at the end (`OUT/merged`).
+pub const MERGED_DIR: &str = "merged";
+
+/// `tokenizer.json` (with MathCoder's tokens) and `special_tokens_map.json` into `dir`.
+fn write_tokenizer(dir: &Path, tok: &TrainTokenizer) -> Result<(), TrainError> {
+    let tp = dir.join("tokenizer.json");
+    tok.inner
+        .save(&tp, false)
+        .map_err(|e| TrainError::Tokenizer(format!("{}: {e}", tp.display())))?;
+    let specials: Vec<&str> = SpecialToken::ALL.iter().map(|t| t.as_str()).collect();
+    let p = dir.join("special_tokens_map.json");
+    std::fs::write(
+        &p,
+        serde_json::to_string_pretty(&serde_json::json!({
+            "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>",
+            "additional_special_tokens": specials,
+        }))
+        .unwrap_or_default(),
+    )
+    .map_err(io_err(&p))
+}
+
+/// A Hugging Face model directory that the engine and transformers load: `config.json` (the
+/// source's, with `vocab_size` and the f32 dtype), `model.safetensors` (`weights` by Hugging
+/// Face name), the tokenizer files.
+pub fn write_model_dir(
+    dir: &Path,
+    source_config: &serde_json::Value,
+    config: &ModelConfig,
+    weights: &HashMap<String, Tensor>,
+    tok: &TrainTokenizer,
+) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mut cfg = source_config.clone();
+    if let Some(o) = cfg.as_object_mut() {
+        o.insert("vocab_size".into(), config.vocab_size.into());
+        o.insert("dtype".into(), "float32".into());
+        if o.contains_key("torch_dtype") {
+            o.insert("torch_dtype".into(), "float32".into());
+        }
+    }
+    let p = dir.join("config.json");
+    std::fs::write(&p, serde_json::to_string_pretty(&cfg).unwrap_or_default())
+        .map_err(io_err(&p))?;
+    candle_core::safetensors::save(weights, dir.join("model.safetensors"))?;
+    write_tokenizer(dir, tok)
+}
+
+/// Reads a Hugging Face checkpoint into f32 variables with MathCoder's tokens added (rows =
+/// mean): the base a run starts from. Returns the variables, the config (vocabulary grown),
+/// the source `config.json`, the tokenizer and how many tokens were added.
+pub fn load_base(
+    dir: &Path,
+    device: &Device,
+) -> Result<
+    (
+        VarMap,
+        ModelConfig,
+        serde_json::Value,
+        TrainTokenizer,
+        usize,
+    ),
+    TrainError,
+> {
+    let ckpt = Checkpoint::open(dir)?;
+    let mut config = ckpt.config().clone();
+    let cfg_path = dir.join("config.json");
+    let source_config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?)
+            .map_err(|e| TrainError::Config(format!("{}: {e}", cfg_path.display())))?;
+    let vars = VarMap::new();
+    {
+        let mut data = vars
+            .data()
+            .lock()
+            .map_err(|_| TrainError::Config("the variable map's lock is poisoned".into()))?;
+        for w in Weight::all(&config) {
+            let t = ckpt.dense(w, DType::F32, device)?;
+            data.insert(w.hf_name(), Var::from_tensor(&t)?);
+        }
+    }
+    drop(ckpt);
+    let (tok, added) = TrainTokenizer::load(dir)?;
+    resize_embeddings(&vars, &mut config, tok.vocab_size())?;
+    Ok((vars, config, source_config, tok, added))
+}
+
+/// Writes `model_dir` with MathCoder's tokens added (tokenizer and mean rows; an f32
+/// Hugging Face directory) to `out`, or with `adapter` (a LoRA run's checkpoint) that
+/// adapter merged in. Returns how many tokens were added to the base.
+pub fn write_prepared_model(
+    model_dir: &Path,
+    adapter: Option<&Path>,
+    out: &Path,
+) -> Result<usize, TrainError> {
+    let device = device();
+    let (vars, config, source_config, tok, added) = load_base(model_dir, &device)?;
+    let weights = match adapter {
+        None => vars
+            .data()
+            .lock()
+            .map_err(|_| TrainError::Config("the variable map's lock is poisoned".into()))?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect(),
+        Some(dir) => {
+            let (lc, ids) = Adapter::read_config(dir)?;
+            let a = Adapter::new(lc, &config, ids, &vars, 0, &device)?;
+            a.load(dir, &device)?;
+            a.merged(&vars, &config)?
+        }
+    };
+    write_model_dir(out, &source_config, &config, &weights, &tok)?;
+    Ok(added)
 }

@@ -1,10 +1,12 @@
 //! Parity with PyTorch: the loss and every parameter's gradient of a packed, isolated, masked
 //! global batch (2 rows accumulated one at a time), and the weights after 3 AdamW steps with
 //! warm-up and clipping, against transformers' `LlamaForCausalLM` running each instance alone
-//! (`scripts/train-parity.py`, run by hand; its JSON output is committed).
+//! (`scripts/train-parity.py`, run by hand; its JSON output is committed). The same for a LoRA
+//! run against PEFT (`--lora 4 8`): the adapter's and the token rows' gradients and updates.
 
 use candle_core::{DType, Tensor};
-use mathcoder_train::{Packing, TrainConfig, Trainer};
+use mathcoder_train::lora::parse_targets;
+use mathcoder_train::{LoraConfig, Packing, TrainConfig, Trainer};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
@@ -43,11 +45,36 @@ fn compare(ours: (f64, f64, f64), theirs: &Value, n: usize) -> f64 {
     a.max(b).max(c)
 }
 
+/// The trained tensors by name (copies).
+fn trained(t: &Trainer) -> HashMap<String, Tensor> {
+    let copy = |(k, v): (&String, &candle_core::Var)| (k.clone(), v.as_tensor().copy().unwrap());
+    match &t.adapter {
+        Some(a) => a.vars.iter().map(|(k, v)| copy((k, v))).collect(),
+        None => t.vars.data().lock().unwrap().iter().map(copy).collect(),
+    }
+}
+
 #[test]
 fn loss_gradients_and_three_adamw_steps_match_pytorch() {
+    check("parity-llama2-tiny.json", None);
+}
+
+#[test]
+fn lora_loss_gradients_and_three_adamw_steps_match_peft() {
+    check(
+        "parity-lora-llama2-tiny.json",
+        Some(LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            targets: parse_targets("all-linear").unwrap(),
+        }),
+    );
+}
+
+fn check(fixture: &str, lora: Option<LoraConfig>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let want: Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("tests/fixtures/parity-llama2-tiny.json")).unwrap(),
+        &std::fs::read_to_string(root.join("tests/fixtures").join(fixture)).unwrap(),
     )
     .unwrap();
     let cfg = TrainConfig {
@@ -59,12 +86,26 @@ fn loss_gradients_and_three_adamw_steps_match_pytorch() {
         micro_batch: 1,
         max_steps: Some(3),
         seed: 7,
+        lora,
         ..TrainConfig::default()
     };
     let model = root.join("../engine/tests/fixtures/llama2-tiny");
     let data = root.join("tests/fixtures/svamp-16.jsonl");
     let mut t = Trainer::new(&model, &data, cfg, None).unwrap();
     let names = t.var_names();
+    if let Some(a) = &t.adapter {
+        // The script's deterministic LoRA matrices (see scripts/train-parity.py).
+        for (k, (name, var)) in a.vars.iter().enumerate() {
+            if name.contains(".lora_") {
+                let n = var.elem_count();
+                let v: Vec<f32> = (0..n)
+                    .map(|f| (0.02 * (0.7 * f as f64 + k as f64).sin()) as f32)
+                    .collect();
+                var.set(&Tensor::from_vec(v, var.dims(), var.device()).unwrap())
+                    .unwrap();
+            }
+        }
+    }
     let rows = t.step_rows(1);
     let (loss, grads, _) = t.loss_and_grads(&rows).unwrap();
     let want_loss = want["steps"][0]["loss"].as_f64().unwrap();
@@ -88,14 +129,7 @@ fn loss_gradients_and_three_adamw_steps_match_pytorch() {
     );
     assert!(worst.0 < 1e-5);
 
-    let before: HashMap<String, Tensor> = t
-        .vars
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))
-        .collect();
+    let before = trained(&t);
     for s in 0..3 {
         let l = t.train_step().unwrap();
         let w = &want["steps"][s];
@@ -115,11 +149,10 @@ fn loss_gradients_and_three_adamw_steps_match_pytorch() {
         assert!((l.grad_norm - w["grad_norm_f64"].as_f64().unwrap()).abs() / l.grad_norm < 1e-5);
     }
     let wd = want["delta_after_3"].as_object().unwrap();
-    let vars = t.vars.data().lock().unwrap();
+    let after = trained(&t);
     let mut worst = (0f64, String::new());
     for name in &names {
-        let now = vars[name].as_tensor();
-        let delta = (now - &before[name]).unwrap();
+        let delta = (&after[name] - &before[name]).unwrap();
         let d = compare(stats(&delta), &wd[name], delta.elem_count());
         if d > worst.0 {
             worst = (d, name.clone());

@@ -3,55 +3,14 @@
 //! the trainer's logits, MathCoder's tokens are added to a model without them, and the TRL
 //! export has train's order and packing.
 
-use candle_core::{DType, Device, Tensor};
-use mathcoder_engine::{load_model, LoadOptions};
+mod common;
+
+use candle_core::DType;
+use common::*;
 use mathcoder_lce::SpecialToken;
 use mathcoder_model::Weight;
 use mathcoder_train::export::first_epoch;
-use mathcoder_train::{Packing, StepLog, TrainConfig, Trainer};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../engine/tests/fixtures")
-        .join(name)
-}
-
-fn data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/svamp-16.jsonl")
-}
-
-fn small(packing: Packing) -> TrainConfig {
-    TrainConfig {
-        seq_len: 512,
-        packing,
-        lr: 5e-3,
-        warmup_steps: 2,
-        global_batch: 2,
-        micro_batch: 1,
-        max_steps: Some(6),
-        seed: 7,
-        ..TrainConfig::default()
-    }
-}
-
-fn without_seconds(log: &[StepLog]) -> Vec<StepLog> {
-    log.iter()
-        .map(|l| StepLog {
-            seconds: 0.0,
-            ..l.clone()
-        })
-        .collect()
-}
-
-fn read_log(path: &Path) -> Vec<StepLog> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+use mathcoder_train::{Packing, TrainConfig, Trainer};
 
 #[test]
 fn loss_falls_and_resume_repeats_the_run_line_for_line() {
@@ -112,47 +71,16 @@ fn loss_falls_and_resume_repeats_the_run_line_for_line() {
     assert!(e.to_string().contains("different run"), "{e}");
 
     // The final checkpoint loads in the engine and gives the trainer's logits.
-    let engine = load_model(&last, &LoadOptions::default()).unwrap();
     let row = &full.data.rows[0];
     let inst = &full.data.dataset.instances[row.instances[0]];
     let seq = &inst.ids[..inst.ids.len().min(64)];
-    let ids = Tensor::new(seq, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let ours = full
-        .model
-        .forward(&ids, None, None)
-        .unwrap()
-        .squeeze(0)
-        .unwrap();
-    let mut cache = engine.new_cache();
-    let mut steps = [mathcoder_engine::model::Step {
-        cache: &mut cache,
-        tokens: seq,
-        all_logits: true,
-    }];
-    let theirs = engine.forward(&mut steps).unwrap().remove(0);
-    let d = (&ours - &theirs)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let m = ours
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    eprintln!(
-        "engine vs trainer logits on the trained checkpoint: max|Δ| {d:.2e} (rel {:.2e})",
-        d / m
-    );
-    assert!(d / m < 1e-4);
+    assert!(engine_vs(&last, &full.model, seq) < 1e-4);
+
+    // The loss curve of the whole log, for the resumed run too.
+    for d in [&a, &c] {
+        let svg = std::fs::read_to_string(d.join("loss.svg")).unwrap();
+        assert!(svg.contains("<polyline"), "{}", d.display());
+    }
 }
 
 #[test]
@@ -226,31 +154,9 @@ fn packings_differ_only_in_attention_and_positions_and_export_is_trains_order() 
 #[test]
 fn mathcoder_tokens_are_added_with_mean_rows_to_a_model_without_them() {
     // codellama-tiny (untied head) with the eight tokens taken out of its tokenizer and weights.
-    let src = fixture("codellama-tiny");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut tj: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer.json")).unwrap())
-            .unwrap();
-    let specials: Vec<&str> = SpecialToken::ALL.iter().map(|t| t.as_str()).collect();
-    tj["added_tokens"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|t| !specials.contains(&t["content"].as_str().unwrap()));
-    std::fs::write(dir.join("tokenizer.json"), tj.to_string()).unwrap();
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-    let old_vocab = cfg["vocab_size"].as_u64().unwrap() as usize - 8;
-    cfg["vocab_size"] = old_vocab.into();
-    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-    let mut w: HashMap<String, Tensor> =
-        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
-    for name in [Weight::Embed.hf_name(), Weight::LmHead.hf_name()] {
-        let t = w[&name].narrow(0, 0, old_vocab).unwrap();
-        w.insert(name, t);
-    }
-    candle_core::safetensors::save(&w, dir.join("model.safetensors")).unwrap();
-
+    let old_vocab = without_mathcoder_tokens(&fixture("codellama-tiny"), dir);
     let t = Trainer::new(dir, &data(), small(Packing::Isolated), None).unwrap();
     assert_eq!(t.added_tokens, 8);
     assert_eq!(t.config.vocab_size, old_vocab + 8);

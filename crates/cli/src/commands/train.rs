@@ -8,7 +8,7 @@ use mathcoder_train::export::{
 };
 use mathcoder_train::tokenize::{Dataset, TrainTokenizer};
 use mathcoder_train::trainer::prepare;
-use mathcoder_train::{TrainConfig, Trainer};
+use mathcoder_train::{LoraConfig, TrainConfig, Trainer};
 use std::path::PathBuf;
 
 fn defaults() -> TrainConfig {
@@ -55,6 +55,24 @@ pub struct TrainArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Train a LoRA adapter of this rank on the frozen model (plus MathCoder's token rows)
+    /// instead of every weight; checkpoints hold the adapter (PEFT layout), OUT/merged the
+    /// merged model at the end.
+    #[arg(long, value_name = "N")]
+    lora_rank: Option<usize>,
+    /// LoRA scaling numerator (scale = alpha / rank); PEFT's default.
+    #[arg(long, value_name = "F", default_value_t = mathcoder_train::lora::DEFAULT_ALPHA, requires = "lora_rank")]
+    lora_alpha: f64,
+    /// Projections LoRA adapts, comma-separated (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,
+    /// down_proj) or all-linear; default PEFT's for Llama.
+    #[arg(long, value_name = "LIST", default_value_t = default_lora_targets(), requires = "lora_rank")]
+    lora_targets: String,
+}
+
+fn default_lora_targets() -> String {
+    mathcoder_train::lora::DEFAULT_TARGETS
+        .map(mathcoder_train::lora::module_name)
+        .join(",")
 }
 
 fn report(d: &Dataset, rows: usize, efficiency: f64, seq_len: usize) {
@@ -75,6 +93,14 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let d = defaults();
+    let lora = match a.lora_rank {
+        Some(rank) => Some(LoraConfig {
+            rank,
+            alpha: a.lora_alpha,
+            targets: mathcoder_train::lora::parse_targets(&a.lora_targets)?,
+        }),
+        None => None,
+    };
     let cfg = a.data.apply(TrainConfig {
         lr: a.lr,
         warmup_steps: a.warmup_steps,
@@ -89,6 +115,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         },
         save_every: a.save_every,
         stop_after: a.stop_after,
+        lora,
         ..d
     });
     let mut t = Trainer::new(&a.data.model, &a.data.data, cfg, a.resume.as_deref())?;
@@ -104,6 +131,14 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         t.data.efficiency(t.cfg.seq_len),
         t.cfg.seq_len,
     );
+    if let (Some(l), Some(ad)) = (&t.cfg.lora, &t.adapter) {
+        let n: usize = ad.vars.iter().map(|(_, v)| v.elem_count()).sum();
+        eprintln!(
+            "LoRA {}: {n} trainable parameters (adapters and {} token rows), base frozen",
+            l.describe(),
+            ad.token_ids.len()
+        );
+    }
     let pb = mathcoder_cli::progress::bar(t.total_steps, "train");
     pb.set_position(t.step);
     let (mut tokens, mut seconds) = (0usize, 0f64);
@@ -123,12 +158,51 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         bail!("no step was taken");
     };
     eprintln!(
-        "step {}/{}: loss {:.4}; {:.0} tokens/s over this session; checkpoint {}",
+        "step {}/{}: loss {:.4}; {:.0} tokens/s over this session; checkpoint {}; loss curve {}",
         l.step,
         t.total_steps,
         l.loss,
         tokens as f64 / seconds.max(1e-9),
-        last.display()
+        last.display(),
+        a.out.join(mathcoder_train::trainer::LOSS_SVG).display()
+    );
+    if t.adapter.is_some() && t.step == t.total_steps {
+        eprintln!(
+            "merged model (base + adapter): {}",
+            a.out.join(mathcoder_train::trainer::MERGED_DIR).display()
+        );
+    }
+    Ok(0)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PrepareModelArgs {
+    /// The base model (a Hugging Face directory).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// A LoRA checkpoint of a `train --lora-rank` run on this base, to merge in.
+    #[arg(long, value_name = "CHECKPOINT")]
+    adapter: Option<PathBuf>,
+    /// The directory to write (config.json, model.safetensors in f32, tokenizer files).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+pub fn prepare_model(a: PrepareModelArgs) -> Result<i32> {
+    let added =
+        mathcoder_train::trainer::write_prepared_model(&a.model, a.adapter.as_deref(), &a.out)?;
+    eprintln!(
+        "wrote {}: {}{}",
+        a.out.display(),
+        if added > 0 {
+            format!("{added} MathCoder tokens added (embedding rows = mean)")
+        } else {
+            "the tokenizer already had MathCoder's tokens".into()
+        },
+        match &a.adapter {
+            Some(d) => format!(", LoRA adapter {} merged", d.display()),
+            None => String::new(),
+        }
     );
     Ok(0)
 }
