@@ -7,7 +7,9 @@
 //! records are appended and fsynced one at a time, `run.json` holds the run's identity.
 
 pub mod annotations;
+pub mod chat_teacher;
 pub mod distill;
+pub mod interpolate;
 pub mod lce_teacher;
 pub mod merge;
 pub mod seed;
@@ -17,6 +19,7 @@ use mathcoder_lce::Block;
 use std::future::Future;
 
 pub use annotations::AnnotationsTeacher;
+pub use chat_teacher::{ChatConfig, ChatTeacher};
 pub use lce_teacher::LceTeacher;
 
 /// Why a teacher produced no solution for a problem. Per-problem: recorded, never fatal to a run.
@@ -48,8 +51,8 @@ impl TeacherSolution {
 }
 
 /// Writes LCE solutions to problems. Implementations: [`AnnotationsTeacher`] (offline, GSM8K
-/// annotations) and [`LceTeacher`] (an LCE model through the solve loop); a chat model with a
-/// code interpreter is the next one.
+/// annotations), [`LceTeacher`] (an LCE model through the solve loop) and [`ChatTeacher`] (a
+/// chat model with a code interpreter).
 pub trait Teacher: Send + Sync + 'static {
     /// How the teacher names itself in provenance and `run.json`.
     fn describe(&self) -> String;

@@ -11,6 +11,8 @@
 //! instead: llama.cpp's `llama-server` without `--special`, which renders no special tokens and
 //! so never stops at `<|endofblock|>`.
 
+pub mod chat;
+
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
