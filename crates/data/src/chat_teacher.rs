@@ -49,14 +49,15 @@ impl Default for ChatConfig {
     }
 }
 
-/// Why a chat solution failed.
+/// Why a chat solution failed. Its text in an attempt's detail is `label: message`
+/// ([`ChatTeacherError::label`]).
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum ChatTeacherError {
     #[error(transparent)]
     Backend(#[from] BackendError),
-    #[error("sandbox: {0}")]
+    #[error("{0}")]
     Sandbox(String),
-    #[error("bad tool call: {0}")]
+    #[error("{0}")]
     BadToolCall(#[from] BadToolCall),
     #[error("reply cut at the token limit")]
     Truncated,
@@ -64,7 +65,7 @@ pub enum ChatTeacherError {
     NoAnswer,
     #[error("no final message after {0} rounds")]
     RoundLimit(usize),
-    #[error("transcript: {0}")]
+    #[error("{0}")]
     Transcript(#[from] mathcoder_lce::chat::TranscriptError),
 }
 
