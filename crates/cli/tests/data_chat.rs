@@ -35,7 +35,14 @@ fn data(s: &Scripted, args: &[&str]) -> std::process::Output {
         .arg("data")
         .args(args)
         .args(["--endpoint", &s.server.url(), "--model", "scripted"])
-        .args(["--request-timeout", "1", "--retries", "3", "--retry-backoff", "0.01"])
+        .args([
+            "--request-timeout",
+            "1",
+            "--retries",
+            "3",
+            "--retry-backoff",
+            "0.01",
+        ])
         .output()
         .unwrap();
     assert!(
@@ -49,7 +56,9 @@ fn data(s: &Scripted, args: &[&str]) -> std::process::Output {
 fn write_problems(path: &Path, problems: &[(&str, &str, Option<&str>)]) {
     let mut s = String::new();
     for (id, q, a) in problems {
-        s.push_str(&json!({"id": id, "dataset": "scripted", "question": q, "answer": a}).to_string());
+        s.push_str(
+            &json!({"id": id, "dataset": "scripted", "question": q, "answer": a}).to_string(),
+        );
         s.push('\n');
     }
     std::fs::write(path, s).unwrap();
@@ -116,7 +125,10 @@ fn text(s: &str) -> ScriptTurn {
 fn calls(content: Option<&str>, calls: &[(&str, &str)]) -> ScriptTurn {
     ScriptReply::calls(
         content,
-        calls.iter().map(|(id, c)| ScriptCall::python(id, c)).collect(),
+        calls
+            .iter()
+            .map(|(id, c)| ScriptCall::python(id, c))
+            .collect(),
     )
     .into()
 }
@@ -272,8 +284,16 @@ fn seed_with_the_chat_teacher_using_tool_calls() {
     assert_eq!(a.len(), 11);
     let expect = [
         ("wrong", "wrong", ""),
-        ("badargs", "unconverted", "bad_tool_call: tool call arguments are not a JSON object"),
-        ("noid", "unconverted", "bad_tool_call: tool call without an id"),
+        (
+            "badargs",
+            "unconverted",
+            "bad_tool_call: tool call arguments are not a JSON object",
+        ),
+        (
+            "noid",
+            "unconverted",
+            "bad_tool_call: tool call without an id",
+        ),
         ("always500", "failed", "backend:"),
         ("noanswer", "unconverted", "no_answer"),
         ("rounds", "unconverted", "round_limit"),
@@ -286,9 +306,18 @@ fn seed_with_the_chat_teacher_using_tool_calls() {
     let reqs = s.server.requests();
     let second = reqs
         .iter()
-        .find(|r| r["messages"][1]["content"].as_str().unwrap().contains("[right]") && r["messages"].as_array().unwrap().len() == 4)
+        .find(|r| {
+            r["messages"][1]["content"]
+                .as_str()
+                .unwrap()
+                .contains("[right]")
+                && r["messages"].as_array().unwrap().len() == 4
+        })
         .unwrap();
-    assert_eq!(second["messages"][3], json!({"role": "tool", "tool_call_id": "c1", "content": "42"}));
+    assert_eq!(
+        second["messages"][3],
+        json!({"role": "tool", "tool_call_id": "c1", "content": "42"})
+    );
     assert_eq!(second["tools"][0]["function"]["name"], "python");
     assert_eq!(
         second["messages"][0]["content"],
@@ -305,7 +334,9 @@ fn seed_and_distill_with_the_chat_teacher_using_fences() {
             "[fence]",
             None,
             vec![
-                text("We multiply.\n```python\nprint(6*7)\n```\n```output\n41\n```\nSo \\boxed{41}."),
+                text(
+                    "We multiply.\n```python\nprint(6*7)\n```\n```output\n41\n```\nSo \\boxed{41}.",
+                ),
                 text("The output is 42, so the answer is \\boxed{42}."),
             ],
         )
@@ -346,8 +377,17 @@ fn seed_and_distill_with_the_chat_teacher_using_fences() {
     data(
         &s,
         &[
-            "seed", "--source", problems.to_str().unwrap(), "--conventions", "math",
-            "--teacher", "chat", "--chat-style", "fences", "--out", out.to_str().unwrap(),
+            "seed",
+            "--source",
+            problems.to_str().unwrap(),
+            "--conventions",
+            "math",
+            "--teacher",
+            "chat",
+            "--chat-style",
+            "fences",
+            "--out",
+            out.to_str().unwrap(),
         ],
     );
     let k = kept(&out);
@@ -370,10 +410,22 @@ fn seed_and_distill_with_the_chat_teacher_using_fences() {
     let reqs = s.server.requests();
     let second = reqs
         .iter()
-        .find(|r| r["messages"][1]["content"].as_str().unwrap().contains("[fence]") && r["messages"].as_array().unwrap().len() == 4)
+        .find(|r| {
+            r["messages"][1]["content"]
+                .as_str()
+                .unwrap()
+                .contains("[fence]")
+                && r["messages"].as_array().unwrap().len() == 4
+        })
         .unwrap();
-    assert_eq!(second["messages"][2]["content"], "We multiply.\n```python\nprint(6*7)\n```");
-    assert_eq!(second["messages"][3], json!({"role": "user", "content": "```output\n42\n```"}));
+    assert_eq!(
+        second["messages"][2]["content"],
+        "We multiply.\n```python\nprint(6*7)\n```"
+    );
+    assert_eq!(
+        second["messages"][3],
+        json!({"role": "user", "content": "```output\n42\n```"})
+    );
     assert_eq!(second["stop"], json!(mathcoder_lce::chat::FENCE_STOPS));
 
     let new = dir.path().join("new.jsonl");
@@ -386,9 +438,22 @@ fn seed_and_distill_with_the_chat_teacher_using_fences() {
     data(
         &s,
         &[
-            "distill", "--problems", new.to_str().unwrap(), "--conventions", "math",
-            "--teacher", "chat", "--chat-style", "fences", "--samples", "3", "--seed", "10",
-            "--keep-all", "--out", out.to_str().unwrap(),
+            "distill",
+            "--problems",
+            new.to_str().unwrap(),
+            "--conventions",
+            "math",
+            "--teacher",
+            "chat",
+            "--chat-style",
+            "fences",
+            "--samples",
+            "3",
+            "--seed",
+            "10",
+            "--keep-all",
+            "--out",
+            out.to_str().unwrap(),
         ],
     );
     let k = kept(&out);
@@ -434,23 +499,39 @@ fn interpolate_then_judge_and_distill() {
         "The sum of two numbers is 20 and their product is 96. What is the larger number?",
     ];
     let mut script = ChatScript::default()
-        .on(&pair_needle(0, 0), None, vec![text(&format!("New problem: {}", n[0]))])
+        .on(
+            &pair_needle(0, 0),
+            None,
+            vec![text(&format!("New problem: {}", n[0]))],
+        )
         .on(
             &pair_needle(0, 1),
             None,
-            vec![faulty(vec![ChatFault::Status(502)], text(&format!("**New Problem:**\n\"{}\"", n[1])))],
+            vec![faulty(
+                vec![ChatFault::Status(502)],
+                text(&format!("**New Problem:**\n\"{}\"", n[1])),
+            )],
         )
         .on(
             &pair_needle(1, 0),
             None,
-            vec![text(&format!("Example 3: {}\n\nSolution: 6 + 14 = 20, 6 * 14 = 84... so 12 and 8.", n[2]))],
+            vec![text(&format!(
+                "Example 3: {}\n\nSolution: 6 + 14 = 20, 6 * 14 = 84... so 12 and 8.",
+                n[2]
+            ))],
         )
         .on(&pair_needle(1, 1), None, vec![text("   ")])
-        .on(&pair_needle(2, 0), None, vec![text(&format!("New problem: {}", EASY[2]))])
+        .on(
+            &pair_needle(2, 0),
+            None,
+            vec![text(&format!("New problem: {}", EASY[2]))],
+        )
         .on(
             &pair_needle(2, 1),
             None,
-            vec![text("Problem 1: How many apples?\n\nProblem 2: How many pears?")],
+            vec![text(
+                "Problem 1: How many apples?\n\nProblem 2: How many pears?",
+            )],
         );
     // The judge: n[0] harder than its GSM8K parent and easier than its MATH parent, in both
     // orders; n[1] always "Problem 1" against its GSM8K parent (position bias) and a tie with
@@ -460,7 +541,12 @@ fn interpolate_then_judge_and_distill() {
         (n[0], HARD[0], "Problem 2", "Problem 1"),
         (n[1], EASY[0], "Problem 1", "Problem 1"),
         (n[1], HARD[1], "Tie", "Tie"),
-        (n[2], EASY[1], "\"Problem 1\" is more difficult.", "Problem 2"),
+        (
+            n[2],
+            EASY[1],
+            "\"Problem 1\" is more difficult.",
+            "Problem 2",
+        ),
         (n[2], HARD[0], "I cannot tell.", "Problem 1"),
     ];
     for (new, parent, new_first, parent_first) in judge {
@@ -471,18 +557,44 @@ fn interpolate_then_judge_and_distill() {
     let s = start(script);
     let dir = tempfile::tempdir().unwrap();
     let (easy, hard) = (dir.path().join("easy.jsonl"), dir.path().join("hard.jsonl"));
-    let e: Vec<_> = EASY.iter().enumerate().map(|(i, q)| (format!("e{i}"), *q)).collect();
-    let h: Vec<_> = HARD.iter().enumerate().map(|(i, q)| (format!("h{i}"), *q)).collect();
-    write_problems(&easy, &e.iter().map(|(i, q)| (i.as_str(), *q, Some("1"))).collect::<Vec<_>>());
-    write_problems(&hard, &h.iter().map(|(i, q)| (i.as_str(), *q, Some("1"))).collect::<Vec<_>>());
+    let e: Vec<_> = EASY
+        .iter()
+        .enumerate()
+        .map(|(i, q)| (format!("e{i}"), *q))
+        .collect();
+    let h: Vec<_> = HARD
+        .iter()
+        .enumerate()
+        .map(|(i, q)| (format!("h{i}"), *q))
+        .collect();
+    write_problems(
+        &easy,
+        &e.iter()
+            .map(|(i, q)| (i.as_str(), *q, Some("1")))
+            .collect::<Vec<_>>(),
+    );
+    write_problems(
+        &hard,
+        &h.iter()
+            .map(|(i, q)| (i.as_str(), *q, Some("1")))
+            .collect::<Vec<_>>(),
+    );
     let out = dir.path().join("interp");
     let run = |count: &str| {
         data(
             &s,
             &[
-                "interpolate", "--count", count, "--seed", "5",
-                "--easy", easy.to_str().unwrap(), "--hard", hard.to_str().unwrap(),
-                "--out", out.to_str().unwrap(),
+                "interpolate",
+                "--count",
+                count,
+                "--seed",
+                "5",
+                "--easy",
+                easy.to_str().unwrap(),
+                "--hard",
+                hard.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
             ],
         )
     };
@@ -493,7 +605,10 @@ fn interpolate_then_judge_and_distill() {
     let tried = rows(&out.join("attempts.jsonl"));
     assert_eq!(tried.len(), 6);
     assert_eq!(
-        tried.iter().map(|a| a["pair"].as_u64().unwrap()).collect::<BTreeSet<_>>(),
+        tried
+            .iter()
+            .map(|a| a["pair"].as_u64().unwrap())
+            .collect::<BTreeSet<_>>(),
         (0..6).collect()
     );
     let count = |what: &str| {
@@ -503,7 +618,12 @@ fn interpolate_then_judge_and_distill() {
             .count()
     };
     assert_eq!(
-        [count("accepted"), count("empty"), count("echoed_parent"), count("multiple_problems")],
+        [
+            count("accepted"),
+            count("empty"),
+            count("echoed_parent"),
+            count("multiple_problems")
+        ],
         [3, 1, 1, 1],
         "{report}"
     );
@@ -512,7 +632,10 @@ fn interpolate_then_judge_and_distill() {
         .iter()
         .map(|p| (p["question"].as_str().unwrap(), p))
         .collect();
-    assert_eq!(by_question.keys().copied().collect::<BTreeSet<_>>(), n.into_iter().collect());
+    assert_eq!(
+        by_question.keys().copied().collect::<BTreeSet<_>>(),
+        n.into_iter().collect()
+    );
     assert_eq!(by_question[n[0]]["parents"], json!(["e0", "h0"]));
     assert_eq!(by_question[n[2]]["parents"], json!(["e1", "h0"]));
     // Each pair's prompt was asked once (the 502 retried), and is the paper's, verbatim.
@@ -528,19 +651,29 @@ fn interpolate_then_judge_and_distill() {
     let o = data(
         &s,
         &[
-            "judge", "--problems", out.join("problems.jsonl").to_str().unwrap(),
-            "--easy", easy.to_str().unwrap(), "--hard", hard.to_str().unwrap(),
-            "--out", judged.to_str().unwrap(),
+            "judge",
+            "--problems",
+            out.join("problems.jsonl").to_str().unwrap(),
+            "--easy",
+            easy.to_str().unwrap(),
+            "--hard",
+            hard.to_str().unwrap(),
+            "--out",
+            judged.to_str().unwrap(),
         ],
     );
     let report: Value =
         serde_json::from_slice(&std::fs::read(judged.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["judged"], 3);
     assert_eq!(report["vs_easy"], json!({"harder": 2, "inconsistent": 1}));
-    assert_eq!(report["vs_hard"], json!({"easier": 1, "tie": 1, "unparsed": 1}));
+    assert_eq!(
+        report["vs_hard"],
+        json!({"easier": 1, "tie": 1, "unparsed": 1})
+    );
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
-        stdout.contains("harder than the GSM8K parent: 66.7%") && stdout.contains("easier than the MATH parent: 33.3%"),
+        stdout.contains("harder than the GSM8K parent: 66.7%")
+            && stdout.contains("easier than the MATH parent: 33.3%"),
         "{stdout}"
     );
     // Judging again asks nothing.
@@ -548,9 +681,15 @@ fn interpolate_then_judge_and_distill() {
     data(
         &s,
         &[
-            "judge", "--problems", out.join("problems.jsonl").to_str().unwrap(),
-            "--easy", easy.to_str().unwrap(), "--hard", hard.to_str().unwrap(),
-            "--out", judged.to_str().unwrap(),
+            "judge",
+            "--problems",
+            out.join("problems.jsonl").to_str().unwrap(),
+            "--easy",
+            easy.to_str().unwrap(),
+            "--hard",
+            hard.to_str().unwrap(),
+            "--out",
+            judged.to_str().unwrap(),
         ],
     );
     assert_eq!(s.server.requests().len(), before);
@@ -573,7 +712,14 @@ fn distill_reads_interpolated_problems() {
         .unwrap()
         .port();
     let out = Command::new(env!("CARGO_BIN_EXE_mathcoder"))
-        .args(["data", "distill", "--problems", f.to_str().unwrap(), "--teacher", "chat"])
+        .args([
+            "data",
+            "distill",
+            "--problems",
+            f.to_str().unwrap(),
+            "--teacher",
+            "chat",
+        ])
         .args(["--endpoint", &format!("http://127.0.0.1:{port}"), "--out"])
         .arg(dir.path().join("o"))
         .output()

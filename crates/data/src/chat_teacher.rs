@@ -88,7 +88,9 @@ impl From<ChatTeacherError> for TeacherError {
     fn from(e: ChatTeacherError) -> TeacherError {
         let text = format!("{}: {e}", e.label());
         match e {
-            ChatTeacherError::Backend(_) | ChatTeacherError::Sandbox(_) => TeacherError::Fault(text),
+            ChatTeacherError::Backend(_) | ChatTeacherError::Sandbox(_) => {
+                TeacherError::Fault(text)
+            }
             _ => TeacherError::Unconvertible(text),
         }
     }

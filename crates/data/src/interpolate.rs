@@ -65,8 +65,10 @@ pub enum Rejection {
 fn label_re() -> &'static Regex {
     static R: OnceLock<Regex> = OnceLock::new();
     R.get_or_init(|| {
-        Regex::new(r"(?im)^[\s#*_>]*(?:new\s+)?(?:problem|question|example)(?:\s*\d+)?[\s*_]*[:.)][\s*_]*")
-            .expect("valid regex")
+        Regex::new(
+            r"(?im)^[\s#*_>]*(?:new\s+)?(?:problem|question|example)(?:\s*\d+)?[\s*_]*[:.)][\s*_]*",
+        )
+        .expect("valid regex")
     })
 }
 
@@ -191,7 +193,11 @@ pub fn read_interpolated(path: &Path) -> Result<Vec<InterpolatedProblem>, DataEr
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             serde_json::from_str(l).map_err(|e| {
-                DataError::Invalid(format!("{}:{}: not an interpolated problem: {e}", path.display(), i + 1))
+                DataError::Invalid(format!(
+                    "{}:{}: not an interpolated problem: {e}",
+                    path.display(),
+                    i + 1
+                ))
             })
         })
         .collect()
@@ -239,7 +245,9 @@ where
     Fut: Future<Output = Result<(Lines, bool), DataError>> + Send + 'static,
 {
     if concurrency == 0 {
-        return Err(DataError::Invalid("--concurrency must be at least 1".into()));
+        return Err(DataError::Invalid(
+            "--concurrency must be at least 1".into(),
+        ));
     }
     let (tx, rx) = mpsc::channel::<Lines>(256);
     let writer = spawn_writer_to(data, attempts, rx);
@@ -609,9 +617,8 @@ impl JudgeReport {
 
 /// Reads a judge run's judgments and counts them.
 pub fn judge_report(out: &Path) -> Result<JudgeReport, DataError> {
-    let rows: Vec<Judgment> = load_keyed(&judgments_path(out), |j: &Judgment| {
-        j.problem_id.clone()
-    })?;
+    let rows: Vec<Judgment> =
+        load_keyed(&judgments_path(out), |j: &Judgment| j.problem_id.clone())?;
     let mut r = JudgeReport {
         judged: rows.len(),
         ..Default::default()
@@ -749,16 +756,26 @@ mod tests {
             format!("Example 3: {new}\n\nSolution: 12 pens bought, 3 free, 15."),
             format!("Here is a new problem that fits:\n{new}"),
         ] {
-            assert_eq!(parse_new_problem(&reply, [E, H]).as_deref(), Ok(new), "{reply}");
+            assert_eq!(
+                parse_new_problem(&reply, [E, H]).as_deref(),
+                Ok(new),
+                "{reply}"
+            );
         }
         assert_eq!(parse_new_problem("  ", [E, H]), Err(Rejection::Empty));
-        assert_eq!(parse_new_problem("New problem:", [E, H]), Err(Rejection::Empty));
+        assert_eq!(
+            parse_new_problem("New problem:", [E, H]),
+            Err(Rejection::Empty)
+        );
         assert_eq!(
             parse_new_problem(&format!("New problem: {E}"), [E, H]),
             Err(Rejection::EchoedParent)
         );
         assert_eq!(
-            parse_new_problem(&format!("Problem 1: {new}\n\nProblem 2: What is 2+2?"), [E, H]),
+            parse_new_problem(
+                &format!("Problem 1: {new}\n\nProblem 2: What is 2+2?"),
+                [E, H]
+            ),
             Err(Rejection::MultipleProblems)
         );
     }
@@ -777,10 +794,16 @@ mod tests {
     #[test]
     fn picks_and_both_orders() {
         assert_eq!(parse_pick("Problem 2"), Some(Pick::Problem2));
-        assert_eq!(parse_pick("\"Problem 1\" is harder than Problem 2."), Some(Pick::Problem1));
+        assert_eq!(
+            parse_pick("\"Problem 1\" is harder than Problem 2."),
+            Some(Pick::Problem1)
+        );
         assert_eq!(parse_pick("Tie."), Some(Pick::Tie));
         assert_eq!(parse_pick("I think it is a tie"), Some(Pick::Tie));
-        assert_eq!(parse_pick("The second is harder: Problem 2"), Some(Pick::Problem2));
+        assert_eq!(
+            parse_pick("The second is harder: Problem 2"),
+            Some(Pick::Problem2)
+        );
         assert_eq!(parse_pick("Both Problem 1 and Problem 2 are hard"), None);
         assert_eq!(parse_pick("unclear"), None);
         use Comparison::*;
@@ -788,7 +811,10 @@ mod tests {
         assert_eq!(combine(Some(Pick::Problem2), Some(Pick::Problem1)), Easier);
         assert_eq!(combine(Some(Pick::Tie), Some(Pick::Tie)), Tie);
         // Always "Problem 1": position bias, not a judgment.
-        assert_eq!(combine(Some(Pick::Problem1), Some(Pick::Problem1)), Inconsistent);
+        assert_eq!(
+            combine(Some(Pick::Problem1), Some(Pick::Problem1)),
+            Inconsistent
+        );
         assert_eq!(combine(Some(Pick::Tie), Some(Pick::Problem2)), Inconsistent);
         assert_eq!(combine(None, Some(Pick::Tie)), Unparsed);
     }

@@ -1,6 +1,8 @@
 //! MathCodeInstruct construction: teachers write LCE solutions to train problems, the solutions
 //! whose final answer our grader judges equal to the gold are kept (D0, [`seed`]), and sets are
-//! merged with duplicate and test-set problems removed ([`merge`]).
+//! merged with duplicate and test-set problems removed ([`merge`]). New problems come from
+//! problem interpolation, checked by a difficulty judge ([`interpolate`]); a chat model with a
+//! code interpreter is a teacher too ([`chat_teacher`]).
 //!
 //! Every kept solution is one line in the authors' training format
 //! ([`mathcoder_lce::TrainRecord`]) with its provenance. Runs are resumable as `eval`'s are:

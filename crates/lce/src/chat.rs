@@ -179,7 +179,10 @@ pub fn split_fenced(reply: &str) -> Fenced {
     let after = &reply[open + FENCE_OPEN.len()..];
     // The rest of the opening line (`python3`, spaces) is not code.
     let body = after.split_once('\n').map(|(_, b)| b).unwrap_or("");
-    let code = match body.find("\n```").or_else(|| body.starts_with("```").then_some(0)) {
+    let code = match body
+        .find("\n```")
+        .or_else(|| body.starts_with("```").then_some(0))
+    {
         Some(end) => &body[..end],
         None => body,
     };
@@ -293,9 +296,7 @@ mod tests {
         assert_eq!(output_message("2"), "```output\n2\n```");
         // The stop sequences match the closing fence, not the opening one.
         let msg = fenced_message("p", "c");
-        assert!(!FENCE_STOPS
-            .iter()
-            .any(|s| msg[..msg.len() - 3].contains(s)));
+        assert!(!FENCE_STOPS.iter().any(|s| msg[..msg.len() - 3].contains(s)));
         assert!(format!("{msg}\n").ends_with(FENCE_STOPS[0]));
     }
 }

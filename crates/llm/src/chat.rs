@@ -355,14 +355,20 @@ mod tests {
             m[2]["tool_calls"][0]["function"]["arguments"],
             "{\"code\":\"1+1\"}"
         );
-        assert_eq!(m[3], json!({"role": "tool", "tool_call_id": "c1", "content": "2"}));
+        assert_eq!(
+            m[3],
+            json!({"role": "tool", "tool_call_id": "c1", "content": "2"})
+        );
         assert!(b.get("stop").is_none());
         let b = request_body("m", &req(&t, Some(ChatStyle::Fences)));
         assert!(b.get("tools").is_none());
         assert_eq!(b["stop"][0], "\n```\n");
         let m = b["messages"].as_array().unwrap();
         assert_eq!(m[2]["content"], "Compute.\n```python\n1+1\n```");
-        assert_eq!(m[3], json!({"role": "user", "content": "```output\n2\n```"}));
+        assert_eq!(
+            m[3],
+            json!({"role": "user", "content": "```output\n2\n```"})
+        );
         let b = request_body("m", &req(&t, None));
         assert!(b.get("tools").is_none() && b.get("stop").is_none());
     }

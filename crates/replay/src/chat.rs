@@ -227,7 +227,9 @@ fn violation(body: &Value) -> Option<String> {
                     .is_some_and(|p| p.len() == 1 && p.values().all(|v| v["type"] == "string"))
         });
         if !ok {
-            return Some(format!("`tools` is not one function with one string parameter: {tools}"));
+            return Some(format!(
+                "`tools` is not one function with one string parameter: {tools}"
+            ));
         }
     }
     let mut open: HashSet<String> = HashSet::new();
@@ -290,11 +292,16 @@ async fn chat_completions(State(shared): State<Arc<ChatShared>>, body: String) -
         .enumerate()
         .find(|(_, e)| user.contains(&e.needle) && (e.seed.is_none() || e.seed == seed))
     else {
-        return bad_request(format!("no scripted conversation for this request (seed {seed:?})"));
+        return bad_request(format!(
+            "no scripted conversation for this request (seed {seed:?})"
+        ));
     };
     let turn = messages.iter().filter(|m| m["role"] == "assistant").count();
     let Some(t) = entry.turns.get(turn) else {
-        return bad_request(format!("the script of {:?} has no turn {turn}", entry.needle));
+        return bad_request(format!(
+            "the script of {:?} has no turn {turn}",
+            entry.needle
+        ));
     };
     let attempt = {
         let Ok(mut a) = shared.attempts.lock() else {
@@ -321,7 +328,9 @@ async fn chat_completions(State(shared): State<Arc<ChatShared>>, body: String) -
                 "{\"choices\": [{\"message\": ",
             )
                 .into_response(),
-            ChatFault::NoChoices => Json(json!({"id": "x", "object": "chat.completion"})).into_response(),
+            ChatFault::NoChoices => {
+                Json(json!({"id": "x", "object": "chat.completion"})).into_response()
+            }
         };
     }
     let (message, finish) = match &t.reply {
@@ -333,7 +342,12 @@ async fn chat_completions(State(shared): State<Arc<ChatShared>>, body: String) -
         } => {
             let mut content = content.clone();
             let mut finish = finish.clone().unwrap_or_else(|| {
-                if tool_calls.is_empty() { "stop" } else { "tool_calls" }.to_string()
+                if tool_calls.is_empty() {
+                    "stop"
+                } else {
+                    "tool_calls"
+                }
+                .to_string()
             });
             // Stop sequences, as a real server applies them.
             if let (Some(text), Some(stops)) = (&content, body["stop"].as_array()) {
@@ -394,7 +408,10 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         let status = out[9..12].parse().unwrap();
-        let body = out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 
@@ -431,7 +448,11 @@ mod tests {
         let v: Value = serde_json::from_str(&b).unwrap();
         assert_eq!(v["choices"][0]["message"]["content"], "Done.\n```python\nx");
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
-        let (s, _) = post(&url, json!({"messages": [{"role": "user", "content": "pears"}]})).await;
+        let (s, _) = post(
+            &url,
+            json!({"messages": [{"role": "user", "content": "pears"}]}),
+        )
+        .await;
         assert_eq!(s, 400);
         assert_eq!(server.requests().len(), 5);
     }

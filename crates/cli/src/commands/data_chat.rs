@@ -276,9 +276,6 @@ pub fn judge(a: JudgeArgs) -> Result<i32> {
         r.share(r.easy(Comparison::Harder)),
         r.share(r.hard(Comparison::Easier))
     )?;
-    std::fs::write(
-        a.out.join("report.json"),
-        serde_json::to_vec_pretty(&r)?,
-    )?;
+    std::fs::write(a.out.join("report.json"), serde_json::to_vec_pretty(&r)?)?;
     Ok(0)
 }
