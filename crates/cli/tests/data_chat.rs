@@ -53,6 +53,37 @@ fn data(s: &Scripted, args: &[&str]) -> std::process::Output {
     out
 }
 
+/// `data seed|distill` of `problems` with the chat teacher in `style` (math conventions).
+fn teach(
+    s: &Scripted,
+    command: &str,
+    problems: &Path,
+    style: &str,
+    out: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let flag = if command == "seed" {
+        "--source"
+    } else {
+        "--problems"
+    };
+    let mut args = vec![
+        command,
+        flag,
+        problems.to_str().unwrap(),
+        "--conventions",
+        "math",
+        "--teacher",
+        "chat",
+        "--chat-style",
+        style,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    data(s, &args)
+}
+
 fn write_problems(path: &Path, problems: &[(&str, &str, Option<&str>)]) {
     let mut s = String::new();
     for (id, q, a) in problems {
@@ -112,6 +143,18 @@ fn attempts(out: &Path) -> BTreeMap<String, (String, String)> {
             )
         })
         .collect()
+}
+
+/// The request of the problem tagged `tag` that carried one code call and its output.
+fn second_request(s: &Scripted, tag: &str) -> Value {
+    s.server
+        .requests()
+        .into_iter()
+        .find(|r| {
+            r["messages"][1]["content"].as_str().unwrap().contains(tag)
+                && r["messages"].as_array().unwrap().len() == 4
+        })
+        .unwrap()
 }
 
 fn b(kind: &str, content: &str) -> (String, String) {
@@ -231,25 +274,13 @@ fn seed_with_the_chat_teacher_using_tool_calls() {
         ],
     );
     let out = dir.path().join("run");
-    let o = data(
+    let o = teach(
         &s,
-        &[
-            "seed",
-            "--source",
-            problems.to_str().unwrap(),
-            "--conventions",
-            "math",
-            "--teacher",
-            "chat",
-            "--chat-style",
-            "tools",
-            "--chat-max-rounds",
-            "3",
-            "--concurrency",
-            "4",
-            "--out",
-            out.to_str().unwrap(),
-        ],
+        "seed",
+        &problems,
+        "tools",
+        &out,
+        &["--chat-max-rounds", "3", "--concurrency", "4"],
     );
     let k = kept(&out);
     assert_eq!(
@@ -303,17 +334,7 @@ fn seed_with_the_chat_teacher_using_tool_calls() {
         assert!(a[id].1.contains(detail), "{id}: {:?}", a[id]);
     }
     // The tool message carried the real output, answering its call.
-    let reqs = s.server.requests();
-    let second = reqs
-        .iter()
-        .find(|r| {
-            r["messages"][1]["content"]
-                .as_str()
-                .unwrap()
-                .contains("[right]")
-                && r["messages"].as_array().unwrap().len() == 4
-        })
-        .unwrap();
+    let second = second_request(&s, "[right]");
     assert_eq!(
         second["messages"][3],
         json!({"role": "tool", "tool_call_id": "c1", "content": "42"})
@@ -374,22 +395,7 @@ fn seed_and_distill_with_the_chat_teacher_using_fences() {
         ],
     );
     let out = dir.path().join("seed");
-    data(
-        &s,
-        &[
-            "seed",
-            "--source",
-            problems.to_str().unwrap(),
-            "--conventions",
-            "math",
-            "--teacher",
-            "chat",
-            "--chat-style",
-            "fences",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
+    teach(&s, "seed", &problems, "fences", &out, &[]);
     let k = kept(&out);
     assert_eq!(k.len(), 1);
     assert_eq!(
@@ -407,17 +413,7 @@ fn seed_and_distill_with_the_chat_teacher_using_fences() {
     assert_eq!(a["cut"].0, "unconverted");
     assert!(a["cut"].1.contains("truncated"), "{:?}", a["cut"]);
     // The output went back as a user message after the closed fence.
-    let reqs = s.server.requests();
-    let second = reqs
-        .iter()
-        .find(|r| {
-            r["messages"][1]["content"]
-                .as_str()
-                .unwrap()
-                .contains("[fence]")
-                && r["messages"].as_array().unwrap().len() == 4
-        })
-        .unwrap();
+    let second = second_request(&s, "[fence]");
     assert_eq!(
         second["messages"][2]["content"],
         "We multiply.\n```python\nprint(6*7)\n```"
@@ -435,26 +431,13 @@ fn seed_and_distill_with_the_chat_teacher_using_fences() {
     )
     .unwrap();
     let out = dir.path().join("distill");
-    data(
+    teach(
         &s,
-        &[
-            "distill",
-            "--problems",
-            new.to_str().unwrap(),
-            "--conventions",
-            "math",
-            "--teacher",
-            "chat",
-            "--chat-style",
-            "fences",
-            "--samples",
-            "3",
-            "--seed",
-            "10",
-            "--keep-all",
-            "--out",
-            out.to_str().unwrap(),
-        ],
+        "distill",
+        &new,
+        "fences",
+        &out,
+        &["--samples", "3", "--seed", "10", "--keep-all"],
     );
     let k = kept(&out);
     assert_eq!(
@@ -648,20 +631,23 @@ fn interpolate_then_judge_and_distill() {
     assert!(asked[0].starts_with("Please create a new problem, following the given example"));
 
     let judged = dir.path().join("judge");
-    let o = data(
-        &s,
-        &[
-            "judge",
-            "--problems",
-            out.join("problems.jsonl").to_str().unwrap(),
-            "--easy",
-            easy.to_str().unwrap(),
-            "--hard",
-            hard.to_str().unwrap(),
-            "--out",
-            judged.to_str().unwrap(),
-        ],
-    );
+    let judge = || {
+        data(
+            &s,
+            &[
+                "judge",
+                "--problems",
+                out.join("problems.jsonl").to_str().unwrap(),
+                "--easy",
+                easy.to_str().unwrap(),
+                "--hard",
+                hard.to_str().unwrap(),
+                "--out",
+                judged.to_str().unwrap(),
+            ],
+        )
+    };
+    let o = judge();
     let report: Value =
         serde_json::from_slice(&std::fs::read(judged.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["judged"], 3);
@@ -678,20 +664,7 @@ fn interpolate_then_judge_and_distill() {
     );
     // Judging again asks nothing.
     let before = s.server.requests().len();
-    data(
-        &s,
-        &[
-            "judge",
-            "--problems",
-            out.join("problems.jsonl").to_str().unwrap(),
-            "--easy",
-            easy.to_str().unwrap(),
-            "--hard",
-            hard.to_str().unwrap(),
-            "--out",
-            judged.to_str().unwrap(),
-        ],
-    );
+    judge();
     assert_eq!(s.server.requests().len(), before);
 }
 

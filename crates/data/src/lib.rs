@@ -15,6 +15,7 @@ pub mod interpolate;
 pub mod lce_teacher;
 pub mod merge;
 pub mod seed;
+mod work;
 
 use mathcoder_datasets::Problem;
 use mathcoder_lce::Block;

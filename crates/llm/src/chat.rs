@@ -22,7 +22,7 @@ use mathcoder_lce::chat::{
 };
 use serde_json::{json, Value};
 
-use crate::http::{join, HttpClient, HttpConfig};
+use crate::http::{openai_url, HttpClient, HttpConfig};
 use crate::tgi::check_url;
 use crate::BackendError;
 
@@ -121,14 +121,8 @@ impl ChatClient {
     /// `endpoint` is the base URL (`http://localhost:8000`, with or without `/v1`).
     pub fn new(endpoint: &str, model: &str, http: HttpConfig) -> Result<ChatClient, BackendError> {
         check_url(endpoint)?;
-        let base = endpoint.trim_end_matches('/');
-        let url = if base.ends_with("/v1") {
-            join(base, "chat/completions")
-        } else {
-            join(base, "v1/chat/completions")
-        };
         Ok(ChatClient {
-            url,
+            url: openai_url(endpoint, "chat/completions"),
             model: model.to_string(),
             http: HttpClient::new(http)?,
         })

@@ -180,9 +180,7 @@ impl Drop for ChatServer {
 
 /// Starts a scripted chat server on `addr` (port 0: a free port).
 pub async fn serve_chat(script: ChatScript, addr: SocketAddr) -> Result<ChatServer, ReplayError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ReplayError::Bind { addr, source })?;
+    let listener = crate::bind(addr).await?;
     let addr = listener
         .local_addr()
         .map_err(|source| ReplayError::Bind { addr, source })?;
@@ -196,9 +194,7 @@ pub async fn serve_chat(script: ChatScript, addr: SocketAddr) -> Result<ChatServ
         .route("/v1/chat/completions", post(chat_completions))
         .route("/health", get(|| async { "ok" }))
         .with_state(shared.clone());
-    let handle = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let handle = crate::spawn_serve(listener, app);
     Ok(ChatServer {
         addr,
         shared,
