@@ -584,7 +584,7 @@ fn interpolate_then_judge_and_distill() {
     // Two pairs, then all six: the first two are not asked again.
     run("2");
     let o = run("6");
-    let report = String::from_utf8_lossy(&o.stdout).to_string();
+    let interpolated = String::from_utf8_lossy(&o.stdout).to_string();
     let tried = rows(&out.join("attempts.jsonl"));
     assert_eq!(tried.len(), 6);
     assert_eq!(
@@ -608,7 +608,7 @@ fn interpolate_then_judge_and_distill() {
             count("multiple_problems")
         ],
         [3, 1, 1, 1],
-        "{report}"
+        "{interpolated}"
     );
     let problems = rows(&out.join("problems.jsonl"));
     let by_question: BTreeMap<&str, &Value> = problems
@@ -657,6 +657,7 @@ fn interpolate_then_judge_and_distill() {
         json!({"easier": 1, "tie": 1, "unparsed": 1})
     );
     let stdout = String::from_utf8_lossy(&o.stdout);
+    eprintln!("{interpolated}\n{stdout}");
     assert!(
         stdout.contains("harder than the GSM8K parent: 66.7%")
             && stdout.contains("easier than the MATH parent: 33.3%"),
