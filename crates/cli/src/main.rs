@@ -42,7 +42,7 @@ enum Command {
     Train(commands::train::TrainArgs),
     /// Write tokenised, masked, packed training data for other trainers (`--format trl|axolotl|llama-factory`).
     Export(commands::train::ExportArgs),
-    /// Build MathCodeInstruct training data (`seed`, `merge`).
+    /// Build MathCodeInstruct training data (`seed`, `distill`, `interpolate`, `judge`, `merge`).
     Data(commands::data::Args),
     /// Print one training instance with its trained and masked tokens told apart (masked ones
     /// dimmed on a terminal, else in [[...]]), and its token counts.

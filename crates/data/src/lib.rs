@@ -1,22 +1,28 @@
 //! MathCodeInstruct construction: teachers write LCE solutions to train problems, the solutions
 //! whose final answer our grader judges equal to the gold are kept (D0, [`seed`]), and sets are
-//! merged with duplicate and test-set problems removed ([`merge`]).
+//! merged with duplicate and test-set problems removed ([`merge`]). New problems come from
+//! problem interpolation, checked by a difficulty judge ([`interpolate`]); a chat model with a
+//! code interpreter is a teacher too ([`chat_teacher`]).
 //!
 //! Every kept solution is one line in the authors' training format
 //! ([`mathcoder_lce::TrainRecord`]) with its provenance. Runs are resumable as `eval`'s are:
 //! records are appended and fsynced one at a time, `run.json` holds the run's identity.
 
 pub mod annotations;
+pub mod chat_teacher;
 pub mod distill;
+pub mod interpolate;
 pub mod lce_teacher;
 pub mod merge;
 pub mod seed;
+mod work;
 
 use mathcoder_datasets::Problem;
 use mathcoder_lce::Block;
 use std::future::Future;
 
 pub use annotations::AnnotationsTeacher;
+pub use chat_teacher::{ChatConfig, ChatTeacher};
 pub use lce_teacher::LceTeacher;
 
 /// Why a teacher produced no solution for a problem. Per-problem: recorded, never fatal to a run.
@@ -48,8 +54,8 @@ impl TeacherSolution {
 }
 
 /// Writes LCE solutions to problems. Implementations: [`AnnotationsTeacher`] (offline, GSM8K
-/// annotations) and [`LceTeacher`] (an LCE model through the solve loop); a chat model with a
-/// code interpreter is the next one.
+/// annotations), [`LceTeacher`] (an LCE model through the solve loop) and [`ChatTeacher`] (a
+/// chat model with a code interpreter).
 pub trait Teacher: Send + Sync + 'static {
     /// How the teacher names itself in provenance and `run.json`.
     fn describe(&self) -> String;

@@ -218,9 +218,17 @@ type Lines = (Option<String>, String);
 /// first. Returns the number of attempts written.
 pub(crate) fn spawn_writer(
     out: &Path,
+    rx: mpsc::Receiver<Lines>,
+) -> tokio::task::JoinHandle<Result<usize, DataError>> {
+    spawn_writer_to(Some(data_path(out)), attempts_path(out), rx)
+}
+
+/// [`spawn_writer`] with the files named (no data file: data lines are an error).
+pub(crate) fn spawn_writer_to(
+    dpath: Option<PathBuf>,
+    apath: PathBuf,
     mut rx: mpsc::Receiver<Lines>,
 ) -> tokio::task::JoinHandle<Result<usize, DataError>> {
-    let (dpath, apath) = (data_path(out), attempts_path(out));
     tokio::task::spawn_blocking(move || {
         let open = |p: &Path| {
             std::fs::OpenOptions::new()
@@ -229,12 +237,19 @@ pub(crate) fn spawn_writer(
                 .open(p)
                 .map_err(io(p))
         };
-        let (mut d, mut a) = (open(&dpath)?, open(&apath)?);
+        let mut d = match &dpath {
+            Some(p) => Some((open(p)?, p)),
+            None => None,
+        };
+        let mut a = open(&apath)?;
         let mut n = 0;
         while let Some((data, attempt)) = rx.blocking_recv() {
             if let Some(line) = data {
-                d.write_all(line.as_bytes()).map_err(io(&dpath))?;
-                d.sync_data().map_err(io(&dpath))?;
+                let Some((d, dpath)) = &mut d else {
+                    return Err(DataError::Invalid("a data line without a data file".into()));
+                };
+                d.write_all(line.as_bytes()).map_err(io(dpath))?;
+                d.sync_data().map_err(io(dpath))?;
             }
             a.write_all(attempt.as_bytes()).map_err(io(&apath))?;
             a.sync_data().map_err(io(&apath))?;
@@ -244,7 +259,7 @@ pub(crate) fn spawn_writer(
     })
 }
 
-fn line<T: Serialize>(v: &T) -> Result<String, DataError> {
+pub(crate) fn line<T: Serialize>(v: &T) -> Result<String, DataError> {
     let mut s = serde_json::to_string(v).map_err(|e| DataError::Invalid(e.to_string()))?;
     s.push('\n');
     Ok(s)

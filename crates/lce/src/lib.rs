@@ -5,12 +5,13 @@
 //! written down: the eight special tokens ([`tokens`]), the [`Block`] type, the prompt template
 //! ([`prompt`]), which bytes of a rendered conversation the model writes ([`span`]), parsing
 //! raw model text into blocks ([`parse`]), and the authors' JSONL record formats ([`record`],
-//! [`pyjson`]) and their training format ([`train_format`]); finding record files ([`files`]).
+//! [`pyjson`]) and their training format ([`train_format`]); a chat solution as LCE blocks ([`chat`]); finding record files ([`files`]).
 //!
 //! It depends on nothing else in the workspace and performs no I/O beyond finding and reading
 //! record files.
 
 pub mod block;
+pub mod chat;
 pub mod files;
 pub mod parse;
 pub mod prompt;

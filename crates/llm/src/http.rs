@@ -236,3 +236,14 @@ pub fn join(base: &str, path: &str) -> String {
         path.trim_start_matches('/')
     )
 }
+
+/// An OpenAI-compatible route (`completions`, `chat/completions`) under a base URL given with or
+/// without its `/v1`.
+pub fn openai_url(endpoint: &str, route: &str) -> String {
+    let base = endpoint.trim_end_matches('/');
+    if base.ends_with("/v1") {
+        join(base, route)
+    } else {
+        join(base, &format!("v1/{route}"))
+    }
+}

@@ -9,6 +9,7 @@
 //!
 //! This crate knows the LCE tokens (to re-attach them) but nothing about execution or grading.
 
+pub mod chat;
 pub mod http;
 pub mod openai;
 pub mod spec;

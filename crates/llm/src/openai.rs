@@ -16,7 +16,7 @@ use mathcoder_lce::SpecialToken;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::http::{join, HttpClient, HttpConfig};
+use crate::http::{openai_url, HttpClient, HttpConfig};
 use crate::tgi::check_url;
 use crate::{Backend, BackendError, FinishReason, GenerateRequest, Generation};
 
@@ -43,14 +43,8 @@ impl OpenAi {
     /// `endpoint` is the base URL (`http://localhost:8000`, with or without `/v1`).
     pub fn new(endpoint: &str, model: &str, http: HttpConfig) -> Result<OpenAi, BackendError> {
         check_url(endpoint)?;
-        let base = endpoint.trim_end_matches('/');
-        let url = if base.ends_with("/v1") {
-            join(base, "completions")
-        } else {
-            join(base, "v1/completions")
-        };
         Ok(OpenAi {
-            url,
+            url: openai_url(endpoint, "completions"),
             model: model.to_string(),
             http: HttpClient::new(http)?,
             plain: AtomicBool::new(false),

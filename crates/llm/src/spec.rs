@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::chat::ChatClient;
 use crate::http::HttpConfig;
 use crate::{openai::OpenAi, tgi::Tgi, Backend, BackendError};
 
@@ -166,6 +167,30 @@ impl BackendSpec {
             }),
             None => Ok(()),
         }
+    }
+
+    /// The OpenAI-compatible chat client at the endpoint (`/v1/chat/completions`, whatever
+    /// `kind` says: chat is one protocol), for `model` (default [`DEFAULT_OPENAI_MODEL`]); the
+    /// API key falls back to `$OPENAI_API_KEY`.
+    pub fn build_chat(&self) -> Result<ChatClient, BackendError> {
+        let mut http = self.http.clone();
+        if http.api_key.is_none() {
+            http.api_key = std::env::var("OPENAI_API_KEY").ok();
+        }
+        ChatClient::new(
+            &self.endpoint,
+            self.model.as_deref().unwrap_or(DEFAULT_OPENAI_MODEL),
+            http,
+        )
+    }
+
+    /// [`BackendSpec::check_listening`] for the chat client (any kind but native).
+    pub fn check_chat_listening(&self) -> Result<(), BackendError> {
+        BackendSpec {
+            kind: BackendKind::Openai,
+            ..self.clone()
+        }
+        .check_listening()
     }
 
     /// Builds a TGI or OpenAI-compatible client. The native kind is built by

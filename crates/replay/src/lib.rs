@@ -11,6 +11,8 @@
 //! instead: llama.cpp's `llama-server` without `--special`, which renders no special tokens and
 //! so never stops at `<|endofblock|>`.
 
+pub mod chat;
+
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -221,9 +223,7 @@ pub async fn serve(
     config: ReplayConfig,
     addr: SocketAddr,
 ) -> Result<Server, ReplayError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ReplayError::Bind { addr, source })?;
+    let listener = bind(addr).await?;
     let addr = listener
         .local_addr()
         .map_err(|source| ReplayError::Bind { addr, source })?;
@@ -239,13 +239,28 @@ pub async fn serve(
         .route("/v1/completions", post(openai_completions))
         .route("/health", get(|| async { "ok" }))
         .with_state(shared.clone());
-    let handle = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let handle = spawn_serve(listener, app);
     Ok(Server {
         addr,
         shared,
         handle,
+    })
+}
+
+/// Binds a listener on `addr` (port 0: a free port).
+pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ReplayError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ReplayError::Bind { addr, source })
+}
+
+/// Serves `app` on `listener` in the background.
+pub(crate) fn spawn_serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
     })
 }
 

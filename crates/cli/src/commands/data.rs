@@ -24,6 +24,13 @@ pub enum DataCommand {
     Distill(Box<DistillArgs>),
     /// D = the union of training files, duplicate and test-set problems removed.
     Merge(MergeArgs),
+    /// New problems between a GSM8K train problem and a MATH train problem, by the paper's
+    /// interpolation prompt to a chat model (DIR/problems.jsonl, read by `distill --problems`;
+    /// resumable).
+    Interpolate(Box<super::data_chat::InterpolateArgs>),
+    /// The paper's difficulty check of interpolated problems against their parents, asked in
+    /// both orders (DIR/judgments.jsonl, DIR/report.json; resumable).
+    Judge(Box<super::data_chat::JudgeArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -40,6 +47,9 @@ pub enum TeacherKind {
     /// An LCE (MathCoder-format) model through the solve loop (backend flags: `--endpoint`,
     /// `--backend`, `--model`; sampling: `--temperature`, `--seed`).
     Lce,
+    /// A chat model with a code interpreter at an OpenAI-compatible `/v1/chat/completions`
+    /// (`--endpoint`, `--model`; `--chat-style tools|fences`).
+    Chat,
 }
 
 #[derive(clap::Args, Debug)]
@@ -74,6 +84,8 @@ pub struct SeedArgs {
     sandbox: SandboxArgs,
     #[command(flatten)]
     grading: GradeArgs,
+    #[command(flatten)]
+    chat: super::data_chat::ChatArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -106,6 +118,8 @@ pub struct DistillArgs {
     sandbox: SandboxArgs,
     #[command(flatten)]
     grading: GradeArgs,
+    #[command(flatten)]
+    chat: super::data_chat::ChatArgs,
 }
 
 fn distill(a: DistillArgs) -> Result<i32> {
@@ -121,8 +135,10 @@ fn distill(a: DistillArgs) -> Result<i32> {
     if problems.is_empty() {
         bail!("no problems to run");
     }
-    if a.teacher == TeacherKind::Lce {
-        a.backend.spec(a.concurrency).check_listening()?;
+    match a.teacher {
+        TeacherKind::Lce => a.backend.spec(a.concurrency).check_listening()?,
+        TeacherKind::Chat => a.backend.spec(a.concurrency).check_chat_listening()?,
+        TeacherKind::Annotations => {}
     }
     let sandbox = a.sandbox.sandbox()?;
     let grader = Arc::new(Grader::new(a.grading.options()));
@@ -150,6 +166,12 @@ fn distill(a: DistillArgs) -> Result<i32> {
         TeacherKind::Lce => {
             let backend = a.backend.build(a.concurrency)?;
             let teacher = Arc::new(LceTeacher::new(backend, sandbox, solve));
+            rt.block_on(mathcoder_data::distill::distill(
+                &problems, teacher, grader, &config, progress,
+            ))?
+        }
+        TeacherKind::Chat => {
+            let teacher = Arc::new(a.chat.teacher(&a.backend, a.concurrency, sandbox, &solve)?);
             rt.block_on(mathcoder_data::distill::distill(
                 &problems, teacher, grader, &config, progress,
             ))?
@@ -213,6 +235,8 @@ pub fn run(a: Args) -> Result<i32> {
         DataCommand::Seed(a) => seed(*a),
         DataCommand::Distill(a) => distill(*a),
         DataCommand::Merge(a) => merge(a),
+        DataCommand::Interpolate(a) => super::data_chat::interpolate(*a),
+        DataCommand::Judge(a) => super::data_chat::judge(*a),
     }
 }
 
@@ -229,9 +253,11 @@ fn seed(a: SeedArgs) -> Result<i32> {
     if problems.is_empty() {
         bail!("no problems to run");
     }
-    if a.teacher == TeacherKind::Lce {
-        // Nothing listening: say so at once, before the sandbox is prepared.
-        a.backend.spec(a.concurrency).check_listening()?;
+    // Nothing listening: say so at once, before the sandbox is prepared.
+    match a.teacher {
+        TeacherKind::Lce => a.backend.spec(a.concurrency).check_listening()?,
+        TeacherKind::Chat => a.backend.spec(a.concurrency).check_chat_listening()?,
+        TeacherKind::Annotations => {}
     }
     let sandbox = a.sandbox.sandbox()?;
     let grader = Arc::new(Grader::new(a.grading.options()));
@@ -253,6 +279,10 @@ fn seed(a: SeedArgs) -> Result<i32> {
         TeacherKind::Lce => {
             let backend = a.backend.build(a.concurrency)?;
             let teacher = Arc::new(LceTeacher::new(backend, sandbox, solve));
+            run_seed(&a, &problems, teacher, grader, &config)
+        }
+        TeacherKind::Chat => {
+            let teacher = Arc::new(a.chat.teacher(&a.backend, a.concurrency, sandbox, &solve)?);
             run_seed(&a, &problems, teacher, grader, &config)
         }
     }

@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod compare;
 pub mod data;
+pub mod data_chat;
 pub mod datasets;
 pub mod engine;
 pub mod grade;
