@@ -82,9 +82,8 @@ fn seed_kill_9_then_resume() {
     for (k, a) in &tried {
         let sample: usize = k.rsplit('#').next().unwrap().parse().unwrap();
         let problem = k.rsplit_once('#').unwrap().0;
-        assert_eq!(
-            sample > 0,
-            !clean_data.contains_key(&format!("{problem}#0")),
+        assert!(
+            sample == 0 || !clean_data.contains_key(&format!("{problem}#0")),
             "{k}: {a}"
         );
     }
@@ -116,7 +115,7 @@ fn seed_kill_9_then_resume() {
 
     // A second run with other settings in the same directory is refused.
     let out = seed(&killed)
-        .args(["--samples", "3"])
+        .args(["--max-per-problem", "3"])
         .stderr(Stdio::piped())
         .output()
         .unwrap();
@@ -331,7 +330,7 @@ fn distill_three_released_models_on_svamp() {
         .map(|(k, _)| k.clone())
         .collect();
     assert_eq!(kept, expected);
-    assert!(kept.len() >= 15, "kept {}", kept.len());
+    assert!(kept.len() >= 10, "kept {}", kept.len());
     // Three solutions per kept problem, one from each model (sample = model).
     assert_eq!(data(dir.path()).len(), 3 * kept.len());
     let line = format!(">= 3 agree: {} problems; agreed answer = gold on {correct}/{}", kept.len(), kept.len());
