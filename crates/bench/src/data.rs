@@ -79,7 +79,7 @@ pub fn data(a: DataBenchArgs) -> Result<i32> {
     } else {
         a.outputs.clone()
     };
-    let mut sets = Vec::new();
+    let mut sets: Vec<Recordings> = Vec::new();
     for o in &outputs {
         sets.push(Recordings::from_files(&mathcoder_lce::record_files(
             std::slice::from_ref(o),
@@ -92,7 +92,10 @@ pub fn data(a: DataBenchArgs) -> Result<i32> {
         .take(a.problems)
         .collect();
     if problems.is_empty() {
-        bail!("no problem of {} is recorded in every output set", a.dataset);
+        bail!(
+            "no problem of {} is recorded in every output set",
+            a.dataset
+        );
     }
     let samples = sets.len();
     let latency = Duration::from_secs_f64(a.latency_ms.max(0.0) / 1000.0);
@@ -102,46 +105,51 @@ pub fn data(a: DataBenchArgs) -> Result<i32> {
     let sandbox = a.sandbox.sandbox()?;
     rt.block_on(sandbox.warm_up())?;
     let tmp = tempfile::tempdir()?;
-    let config = DistillConfig {
-        out: tmp.path().join("run"),
+    let config = |name: &str, n: usize| DistillConfig {
+        out: tmp.path().join(name),
         source: a.dataset.clone(),
         samples,
         seed: Some(0),
-        concurrency: problems.len(),
+        concurrency: n,
         conventions: set.conventions.unwrap_or(mathcoder_grade::Dataset::Generic),
         system: mathcoder_lce::DEFAULT_SYSTEM_PROMPT.into(),
         keep_all: true,
         min_agree: samples,
     };
-    let (wall, answered) = rt.block_on(async {
-        let server = serve_sets(
-            sets,
-            ReplayConfig {
-                per_token_latency: latency,
-                ..ReplayConfig::default()
-            },
-            "127.0.0.1:0".parse()?,
-        )
-        .await?;
-        let mut spec = BackendSpec::http(a.backend, &server.url());
-        spec.http.max_concurrency = problems.len() * samples;
-        spec.http.retries = 0;
-        if a.backend == BackendKind::Openai {
-            spec.model = Some("replay".into());
-        }
-        let teacher = Arc::new(LceTeacher::new(
-            spec.build_http()?,
-            sandbox.clone(),
-            SolveConfig::default(),
-        ));
-        let grader = Arc::new(Grader::new(Default::default()));
-        let t = Instant::now();
-        distill(&problems, teacher, grader, &config, Arc::new(|_| {})).await?;
-        let wall = t.elapsed();
-        let answered = server.answered_tokens();
-        server.stop();
-        Ok::<_, anyhow::Error>((wall, answered))
-    })?;
+    // One distill run over `ps`, all at once: its wall time and the tokens the server answered.
+    let run = |ps: &[Problem], config: &DistillConfig| {
+        rt.block_on(async {
+            let server = serve_sets(
+                sets.clone(),
+                ReplayConfig {
+                    per_token_latency: latency,
+                    ..ReplayConfig::default()
+                },
+                "127.0.0.1:0".parse()?,
+            )
+            .await?;
+            let mut spec = BackendSpec::http(a.backend, &server.url());
+            spec.http.max_concurrency = ps.len() * samples;
+            spec.http.retries = 0;
+            if a.backend == BackendKind::Openai {
+                spec.model = Some("replay".into());
+            }
+            let teacher = Arc::new(LceTeacher::new(
+                spec.build_http()?,
+                sandbox.clone(),
+                SolveConfig::default(),
+            ));
+            let grader = Arc::new(Grader::new(Default::default()));
+            let t = Instant::now();
+            distill(ps, teacher, grader, config, Arc::new(|_| {})).await?;
+            let wall = t.elapsed();
+            let answered = server.answered_tokens();
+            server.stop();
+            Ok::<_, anyhow::Error>((wall, answered))
+        })
+    };
+    let config_all = config("all", problems.len());
+    let (wall, answered) = run(&problems, &config_all)?;
     // A problem's chain: its longest sample; the reference: the longest problem's.
     let (chain_tokens, slowest) = problems
         .iter()
@@ -155,7 +163,16 @@ pub fn data(a: DataBenchArgs) -> Result<i32> {
         .max()
         .unwrap_or_default();
     let chain = latency * chain_tokens as u32;
-    let stats = mathcoder_data::seed::stats(&config.out)?;
+    let stats = mathcoder_data::seed::stats(&config_all.out)?;
+    // The slowest problem run alone (its samples at once): the chain plus its own executions
+    // and round trips.
+    let alone = problems
+        .iter()
+        .find(|p| p.id == slowest)
+        .map(|p| run(std::slice::from_ref(p), &config("alone", 1)))
+        .transpose()?
+        .map(|(w, _)| w)
+        .unwrap_or_default();
     let failed = stats.count(mathcoder_data::seed::AttemptOutcome::Failed);
     let ratio = wall.as_secs_f64() / chain.as_secs_f64().max(1e-9);
     let report = json!({
@@ -169,6 +186,8 @@ pub fn data(a: DataBenchArgs) -> Result<i32> {
         "slowest_chain_tokens": chain_tokens,
         "slowest_problem": slowest,
         "ratio": ratio,
+        "slowest_problem_alone_s": alone.as_secs_f64(),
+        "ratio_vs_alone": wall.as_secs_f64() / alone.as_secs_f64().max(1e-9),
         "failed": failed,
         "kept": stats.count(mathcoder_data::seed::AttemptOutcome::Kept),
     });
@@ -176,12 +195,14 @@ pub fn data(a: DataBenchArgs) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "data distill: {} problems x {samples} samples at once, {} ms per token; wall {:.2} s; slowest teacher call chain alone ({slowest}, {chain_tokens} tokens) {:.2} s; ratio {:.3} (target <= 1.05); {} kept, {failed} failed",
+            "data distill: {} problems x {samples} samples at once, {} ms per token; wall {:.2} s; slowest teacher call chain alone ({slowest}, {chain_tokens} tokens) {:.2} s; ratio {:.3} (target <= 1.05); that problem run alone (with its executions) {:.2} s, ratio {:.3}; {} kept, {failed} failed",
             problems.len(),
             a.latency_ms,
             wall.as_secs_f64(),
             chain.as_secs_f64(),
             ratio,
+            alone.as_secs_f64(),
+            report["ratio_vs_alone"].as_f64().unwrap_or(0.0),
             report["kept"]
         );
     }

@@ -284,7 +284,15 @@ fn distill_three_released_models_on_svamp() {
     let dir = tempfile::tempdir().unwrap();
     let out = bin()
         .args(["data", "distill", "--problems", "svamp", "--teacher", "lce"])
-        .args(["--samples", "3", "--seed", "0", "--limit", "30", "--keep-all"])
+        .args([
+            "--samples",
+            "3",
+            "--seed",
+            "0",
+            "--limit",
+            "30",
+            "--keep-all",
+        ])
         .args(["--concurrency", "8", "--endpoint", &url, "--out"])
         .arg(dir.path())
         .output()
@@ -301,8 +309,15 @@ fn distill_three_released_models_on_svamp() {
         .map(|d| {
             let mut m = std::collections::HashMap::new();
             for f in mathcoder_lce::record_files(&[d.as_str()]).unwrap() {
-                for n in mathcoder_lce::record::read_jsonl::<mathcoder_lce::OutputRecord>(&f).unwrap() {
-                    let last = n.record.blocks().last().map(|b| b.content.clone()).unwrap_or_default();
+                for n in
+                    mathcoder_lce::record::read_jsonl::<mathcoder_lce::OutputRecord>(&f).unwrap()
+                {
+                    let last = n
+                        .record
+                        .blocks()
+                        .last()
+                        .map(|b| b.content.clone())
+                        .unwrap_or_default();
                     m.insert(n.record.question(), last);
                 }
             }
@@ -314,15 +329,33 @@ fn distill_three_released_models_on_svamp() {
     for p in &problems[..30] {
         let answers: Vec<Option<String>> = last_blocks
             .iter()
-            .map(|m| m.get(&p.question).and_then(|b| mathcoder_grade::extract(b).ok()).map(|e| e.answer))
+            .map(|m| {
+                m.get(&p.question)
+                    .and_then(|b| mathcoder_grade::extract(b).ok())
+                    .map(|e| e.answer)
+            })
             .collect();
-        let Some(first) = answers[0].clone() else { continue };
-        if answers.iter().all(|a| a.as_deref().is_some_and(|a| grader.equivalent(conv, &first, a).correct)) {
+        let Some(first) = answers[0].clone() else {
+            continue;
+        };
+        if answers.iter().all(|a| {
+            a.as_deref()
+                .is_some_and(|a| grader.equivalent(conv, &first, a).correct)
+        }) {
             expected.insert(p.id.clone());
-            correct += grader.grade(conv, p.gold(), &last_blocks[0][&p.question], Some(&p.question)).correct as usize;
+            correct += grader
+                .grade(
+                    conv,
+                    p.gold(),
+                    &last_blocks[0][&p.question],
+                    Some(&p.question),
+                )
+                .correct as usize;
         }
     }
-    let tried = keyed(&dir.path().join("attempts.jsonl"), |v| v["problem_id"].as_str().unwrap().to_string());
+    let tried = keyed(&dir.path().join("attempts.jsonl"), |v| {
+        v["problem_id"].as_str().unwrap().to_string()
+    });
     assert_eq!(tried.len(), 30);
     let kept: std::collections::BTreeSet<String> = tried
         .iter()
@@ -333,7 +366,11 @@ fn distill_three_released_models_on_svamp() {
     assert!(kept.len() >= 10, "kept {}", kept.len());
     // Three solutions per kept problem, one from each model (sample = model).
     assert_eq!(data(dir.path()).len(), 3 * kept.len());
-    let line = format!(">= 3 agree: {} problems; agreed answer = gold on {correct}/{}", kept.len(), kept.len());
+    let line = format!(
+        ">= 3 agree: {} problems; agreed answer = gold on {correct}/{}",
+        kept.len(),
+        kept.len()
+    );
     assert!(text.contains(&line), "{line:?} not in {text}");
 }
 

@@ -185,11 +185,7 @@ pub async fn distill<T: Teacher>(
 
 /// The largest group of equivalent answers: (its members' indices, in order). Ties go to the
 /// group whose first member comes first; a missing answer is in no group.
-fn largest_group(
-    answers: &[Option<String>],
-    grader: &Grader,
-    conventions: Dataset,
-) -> Vec<usize> {
+fn largest_group(answers: &[Option<String>], grader: &Grader, conventions: Dataset) -> Vec<usize> {
     let mut best: Vec<usize> = Vec::new();
     for (i, a) in answers.iter().enumerate() {
         let Some(a) = a else { continue };

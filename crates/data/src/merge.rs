@@ -281,7 +281,10 @@ impl Index {
             self.short.entry(text.masked.join(" ")).or_default().push(k);
         }
         if self.contamination() {
-            self.multisets.entry(text.multiset_key()).or_default().push(k);
+            self.multisets
+                .entry(text.multiset_key())
+                .or_default()
+                .push(k);
         }
         self.entries.push(Entry {
             benchmark: benchmark.to_string(),
@@ -343,7 +346,12 @@ impl Index {
             }
         }
         if self.contamination() {
-            for k in self.multisets.get(&text.multiset_key()).into_iter().flatten() {
+            for k in self
+                .multisets
+                .get(&text.multiset_key())
+                .into_iter()
+                .flatten()
+            {
                 counts.insert(*k, u32::MAX);
             }
         }

@@ -90,13 +90,17 @@ impl Filters {
 /// one (`NameError: ...`, as the sandbox's collection rule may keep only that line).
 pub fn has_traceback(output: &str) -> bool {
     output.contains("Traceback (most recent call last)")
-        || output.lines().rev().find(|l| !l.trim().is_empty()).is_some_and(|l| {
-            let head = l.split(':').next().unwrap_or("");
-            !head.is_empty()
-                && head.len() < l.len()
-                && head.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
-                && (head.ends_with("Error") || head.ends_with("Exception"))
-        })
+        || output
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .is_some_and(|l| {
+                let head = l.split(':').next().unwrap_or("");
+                !head.is_empty()
+                    && head.len() < l.len()
+                    && head.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
+                    && (head.ends_with("Error") || head.ends_with("Exception"))
+            })
 }
 
 /// A solution's signature: normalised tokens of its text and code blocks.

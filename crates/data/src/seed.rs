@@ -168,10 +168,7 @@ pub struct Attempt {
 #[derive(Clone, Debug)]
 pub enum Event {
     /// Problems (already finished, to work on) at start.
-    Start {
-        done: usize,
-        todo: usize,
-    },
+    Start { done: usize, todo: usize },
     /// A problem is finished: `Kept` when it has a kept solution, else its last draw's outcome.
     Finished(AttemptOutcome),
 }
@@ -300,15 +297,18 @@ pub fn load_done(out: &Path) -> Result<HashSet<(String, usize)>, DataError> {
     Ok(load_run(out)?.0)
 }
 
+/// The (problem, sample) pairs done.
+type Done = HashSet<(String, usize)>;
+
 /// [`load_done`], and the kept records read back.
-fn load_run(out: &Path) -> Result<(HashSet<(String, usize)>, Vec<TrainRecord>), DataError> {
+fn load_run(out: &Path) -> Result<(Done, Vec<TrainRecord>), DataError> {
     let data: Vec<TrainRecord> = load_keyed(&data_path(out), |r: &TrainRecord| {
         (r.provenance.problem_id.clone(), r.provenance.sample)
     })?;
     let attempts: Vec<Attempt> = load_keyed(&attempts_path(out), |a: &Attempt| {
         (a.problem_id.clone(), a.sample)
     })?;
-    let mut done: HashSet<(String, usize)> = attempts
+    let mut done: Done = attempts
         .iter()
         .map(|a| (a.problem_id.clone(), a.sample))
         .collect();
@@ -360,9 +360,7 @@ impl SeedConfig {
     /// Whether sample `s` is drawn, given the distinct solutions kept from samples before it.
     fn draws(&self, s: usize, kept: usize) -> bool {
         s == 0
-            || (s <= self.samples
-                && kept < self.max_per_problem
-                && (self.sample_all || kept == 0))
+            || (s <= self.samples && kept < self.max_per_problem && (self.sample_all || kept == 0))
     }
 
     fn draw(&self, s: usize) -> Draw {
@@ -687,7 +685,12 @@ mod tests {
                 return Err(TeacherError::Fault("server error".into()));
             }
             let answer = entry.trim_end_matches(['=', '~']);
-            let words = ["alpha beta gamma", "delta epsilon zeta", "eta theta iota", "kappa mu nu"];
+            let words = [
+                "alpha beta gamma",
+                "delta epsilon zeta",
+                "eta theta iota",
+                "kappa mu nu",
+            ];
             let wording = if entry.ends_with('=') {
                 words[0].to_string()
             } else {
@@ -881,11 +884,13 @@ mod tests {
         assert_eq!(kept(dir.path()), kept(uninterrupted.path()));
         let outcomes = |d: &Path| {
             let mut v: Vec<(String, usize, AttemptOutcome)> =
-                load_keyed(&attempts_path(d), |a: &Attempt| (a.problem_id.clone(), a.sample))
-                    .unwrap()
-                    .into_iter()
-                    .map(|a: Attempt| (a.problem_id, a.sample, a.outcome))
-                    .collect();
+                load_keyed(&attempts_path(d), |a: &Attempt| {
+                    (a.problem_id.clone(), a.sample)
+                })
+                .unwrap()
+                .into_iter()
+                .map(|a: Attempt| (a.problem_id, a.sample, a.outcome))
+                .collect();
             v.sort();
             v
         };

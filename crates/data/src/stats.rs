@@ -87,7 +87,9 @@ pub fn stats(path: &Path, tokens: &Tokens) -> Result<Report, DataError> {
     let (data_file, attempts) = if path.is_dir() {
         let a = attempts_path(path);
         let attempts: Option<Vec<Attempt>> = if a.exists() {
-            Some(load_keyed(&a, |a: &Attempt| (a.problem_id.clone(), a.sample))?)
+            Some(load_keyed(&a, |a: &Attempt| {
+                (a.problem_id.clone(), a.sample)
+            })?)
         } else {
             None
         };
