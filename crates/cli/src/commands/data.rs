@@ -451,7 +451,7 @@ fn stats(a: StatsArgs) -> Result<i32> {
     let opt = |x: Option<usize>| x.map_or("-".to_string(), |x| x.to_string());
     writeln!(
         out,
-        "{:<16} {:<24} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>13}",
+        "{:<16} {:<30} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>13}",
         "source",
         "group",
         "attempted",
@@ -466,7 +466,7 @@ fn stats(a: StatsArgs) -> Result<i32> {
     for r in &report.rows {
         writeln!(
             out,
-            "{:<16} {:<24} {:>9} {:>7} {:>7} {:>7} {:>7.2} {:>7.2} {:>9.1} {:>13}",
+            "{:<16} {:<30} {:>9} {:>7} {:>7} {:>7} {:>7.2} {:>7.2} {:>9.1} {:>13}",
             r.source,
             if r.group.is_empty() { "all" } else { &r.group },
             opt(r.attempted),
