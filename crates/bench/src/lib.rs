@@ -2,6 +2,7 @@
 //! replay server command. Each measures against a reference in the same run: a real Jupyter
 //! kernel, the authors' 4-worker scheme, transformers and llama.cpp, PyTorch training.
 
+pub mod data;
 pub mod engine;
 pub mod grade;
 pub mod replay;

@@ -1,7 +1,7 @@
 //! `mathcoder-bench`: speed figures (what `mathcoder bench ...` runs), and the replay server.
 
 use clap::{Parser, Subcommand};
-use mathcoder_bench::{engine, grade, replay, runtime, sandbox, train};
+use mathcoder_bench::{data, engine, grade, replay, runtime, sandbox, train};
 use mathcoder_cli::args::{GradeArgs, SandboxArgs};
 use std::path::PathBuf;
 
@@ -36,6 +36,9 @@ enum Bench {
     /// The generate/execute loop against a replay server: concurrency without serialisation
     /// (per-token latency) and rounds per second (zero latency) vs the authors' 4 workers.
     Runtime(runtime::RuntimeArgs),
+    /// A data run (`data distill`, the LCE teacher) against a replay server with per-token
+    /// latency, many problems at once: wall time vs the slowest teacher call chain alone.
+    Data(data::DataBenchArgs),
     /// The native engine: load time, prefill/decode tokens/s, batched decode, peak memory, next
     /// to transformers and llama.cpp on the same weights (`--reference-python`).
     Engine(engine::EngineBenchArgs),
@@ -67,6 +70,7 @@ fn main() {
             sandbox: s,
         } => sandbox::bench(sessions, cells, jupyter, s),
         Bench::Runtime(a) => runtime::runtime(a),
+        Bench::Data(a) => data::data(a),
         Bench::Engine(a) => engine::engine(a),
         Bench::Train(a) => train::train(a),
         Bench::Grade {

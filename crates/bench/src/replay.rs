@@ -10,6 +10,10 @@ use std::time::Duration;
 pub struct ReplayArgs {
     /// Output files or directories (default: the vendored released outputs).
     inputs: Vec<PathBuf>,
+    /// Serve each input as its own recording set, chosen by the request's seed (set
+    /// `seed mod inputs`): samples with seeds s, s+1, s+2 get the 1st, 2nd, 3rd input's solutions.
+    #[arg(long)]
+    per_seed: bool,
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: std::net::SocketAddr,
     /// Delay per generated token, in milliseconds.
@@ -37,7 +41,7 @@ pub struct ReplayArgs {
 }
 
 pub fn replay(a: ReplayArgs) -> Result<i32> {
-    use mathcoder_replay::{serve, Recordings, ReplayConfig};
+    use mathcoder_replay::{serve_sets, Recordings, ReplayConfig};
     let inputs = if a.inputs.is_empty() {
         vec![data_dir()
             .context("no vendored data; pass output files")?
@@ -45,8 +49,15 @@ pub fn replay(a: ReplayArgs) -> Result<i32> {
     } else {
         a.inputs.clone()
     };
-    let files = mathcoder_lce::record_files(&inputs)?;
-    let rec = Recordings::from_files(&files)?;
+    let sets: Vec<Vec<PathBuf>> = if a.per_seed {
+        inputs.iter().map(|i| vec![i.clone()]).collect()
+    } else {
+        vec![inputs]
+    };
+    let mut recs = Vec::new();
+    for set in &sets {
+        recs.push(Recordings::from_files(&mathcoder_lce::record_files(set)?)?);
+    }
     let config = ReplayConfig {
         per_token_latency: Duration::from_secs_f64(a.latency_ms.max(0.0) / 1000.0),
         slots: a.slots,
@@ -58,10 +69,11 @@ pub fn replay(a: ReplayArgs) -> Result<i32> {
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let n = rec.len();
-        let server = serve(rec, config, a.addr).await?;
+        let n: Vec<String> = recs.iter().map(|r| r.len().to_string()).collect();
+        let server = serve_sets(recs, config, a.addr).await?;
         eprintln!(
-            "replaying {n} recorded solutions on {} (TGI: /generate, OpenAI: /v1/completions)",
+            "replaying {} recorded solutions on {} (TGI: /generate, OpenAI: /v1/completions)",
+            n.join(" + "),
             server.url()
         );
         println!("{}", server.url());

@@ -26,6 +26,8 @@ fn seed(out: &Path) -> Command {
     ])
     .args(["--limit", &N.to_string(), "--concurrency", "4", "--out"])
     .arg(out)
+    // Unsolved problems get two more draws (the offline teacher draws the same again).
+    .args(["--samples", "2"])
     .stdout(Stdio::null())
     .stderr(Stdio::null());
     c
@@ -72,8 +74,19 @@ fn seed_kill_9_then_resume() {
     assert!(out.status.success(), "{out:?}");
     let uninterrupted = t.elapsed();
     let clean_data = data(&clean);
-    assert_eq!(attempts(&clean).len(), N);
     assert!(clean_data.len() > N / 2, "kept {}", clean_data.len());
+    // A greedy draw for every problem, two more for each one it left unsolved.
+    let tried = attempts(&clean);
+    assert_eq!(tried.len(), N + 2 * (N - clean_data.len()));
+    assert!(clean_data.keys().all(|k| k.ends_with("#0")));
+    for (k, a) in &tried {
+        let sample: usize = k.rsplit('#').next().unwrap().parse().unwrap();
+        let problem = k.rsplit_once('#').unwrap().0;
+        assert!(
+            sample == 0 || !clean_data.contains_key(&format!("{problem}#0")),
+            "{k}: {a}"
+        );
+    }
     // Every kept line is the authors' format with a verdict.
     for v in clean_data.values() {
         let roles: Vec<&str> = v["messages"]
@@ -87,56 +100,8 @@ fn seed_kill_9_then_resume() {
         assert_eq!(v["provenance"]["teacher"], "annotations");
     }
 
-    let mut rng = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("seed {rng}, uninterrupted run {uninterrupted:?}");
-    let (mut kills, mut mid_run) = (0, 0);
-    let finished = loop {
-        assert!(kills < 40, "the run never finished");
-        rng = rng
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        // Kill on observed progress, not on a share of a timed run, so that the test holds on
-        // a loaded machine: after 1-3 new lines, or at once on the first round (start-up).
-        let wanted = if kills == 0 {
-            0
-        } else {
-            1 + (rng >> 33) as usize % 3
-        };
-        let before = lines(&killed);
-        let mut child = seed(&killed).spawn().unwrap();
-        let started = Instant::now();
-        let mut done = None;
-        while lines(&killed) < before + wanted {
-            if let Some(status) = child.try_wait().unwrap() {
-                done = Some(status);
-                break;
-            }
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(120),
-                "no new line for 120 s (round {kills})"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        if let Some(status) = done.or_else(|| child.try_wait().unwrap()) {
-            break status;
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        kills += 1;
-        let after = lines(&killed);
-        if after > before && after < N {
-            mid_run += 1;
-        }
-        if mid_run >= 3 {
-            break seed(&killed).status().unwrap();
-        }
-    };
-    assert!(finished.success());
-    eprintln!("{kills} kills, {mid_run} while records were being written");
-    assert!(mid_run >= 1, "no kill landed mid-run");
+    eprintln!("uninterrupted run {uninterrupted:?}");
+    kill_9_until_done(|| seed(&killed), &killed, attempts(&clean).len());
     assert_eq!(data(&killed), clean_data);
     let strip = |m: BTreeMap<String, Value>| -> BTreeMap<String, Value> {
         m.into_iter()
@@ -150,7 +115,7 @@ fn seed_kill_9_then_resume() {
 
     // A second run with other settings in the same directory is refused.
     let out = seed(&killed)
-        .args(["--samples", "2"])
+        .args(["--max-per-problem", "3"])
         .stderr(Stdio::piped())
         .output()
         .unwrap();
@@ -188,6 +153,225 @@ fn seed_kill_9_then_resume() {
     let kept = std::fs::read_to_string(&merged).unwrap().lines().count();
     assert_eq!(kept, clean_data.len() - from_seed, "{text}");
     assert!(from_seed <= 2, "{text}");
+}
+
+/// Runs `command` (a resumable data run writing `out`/attempts.jsonl, `total` lines when done)
+/// and kills it with SIGKILL on observed progress, again and again, until it finishes.
+fn kill_9_until_done(command: impl Fn() -> Command, out: &Path, total: usize) {
+    let mut rng = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("kill schedule seed {rng}");
+    let (mut kills, mut mid_run) = (0, 0);
+    let finished = loop {
+        assert!(kills < 40, "the run never finished");
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        // Kill on observed progress, not on a share of a timed run, so that the test holds on
+        // a loaded machine: after 1-3 new lines, or at once on the first round (start-up).
+        let wanted = if kills == 0 {
+            0
+        } else {
+            1 + (rng >> 33) as usize % 3
+        };
+        let before = lines(out);
+        let mut child = command().spawn().unwrap();
+        let started = Instant::now();
+        let mut done = None;
+        while lines(out) < before + wanted {
+            if let Some(status) = child.try_wait().unwrap() {
+                done = Some(status);
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(120),
+                "no new line for 120 s (round {kills})"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if let Some(status) = done.or_else(|| child.try_wait().unwrap()) {
+            break status;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        let after = lines(out);
+        if after > before && after < total {
+            mid_run += 1;
+        }
+        if mid_run >= 3 {
+            break command().status().unwrap();
+        }
+    };
+    assert!(finished.success());
+    eprintln!("{kills} kills, {mid_run} while records were being written");
+    assert!(mid_run >= 1, "no kill landed mid-run");
+}
+
+fn distill(out: &Path) -> Command {
+    let mut c = bin();
+    c.args([
+        "data",
+        "distill",
+        "--problems",
+        "gsm8k-train",
+        "--teacher",
+        "annotations",
+    ])
+    .args(["--limit", "60", "--samples", "3", "--keep-all"])
+    .args(["--concurrency", "4", "--seed", "5", "--out"])
+    .arg(out)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    c
+}
+
+/// `data distill` killed with SIGKILL on observed progress and resumed: the same kept solutions
+/// and attempts as an uninterrupted run, nothing lost or duplicated.
+#[test]
+fn distill_kill_9_then_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clean, killed) = (dir.path().join("clean"), dir.path().join("killed"));
+    let out = distill(&clean).stdout(Stdio::piped()).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let problem_key = |v: &Value| v["problem_id"].as_str().unwrap().to_string();
+    let clean_attempts = keyed(&clean.join("attempts.jsonl"), problem_key);
+    let clean_data = data(&clean);
+    assert_eq!(clean_attempts.len(), 60);
+    let kept: Vec<&Value> = clean_attempts
+        .values()
+        .filter(|a| a["outcome"] == "kept")
+        .collect();
+    assert!(kept.len() > 30, "kept {}", kept.len());
+    // --keep-all: the three agreeing solutions of each kept problem, seeds 5, 6, 7.
+    assert_eq!(clean_data.len(), 3 * kept.len());
+    assert!(clean_data
+        .values()
+        .all(|v| v["provenance"]["acceptance"]["agreeing"] == 3
+            && v["provenance"]["seed"].as_u64().unwrap()
+                == 5 + v["provenance"]["sample"].as_u64().unwrap()));
+
+    kill_9_until_done(|| distill(&killed), &killed, 60);
+    assert_eq!(data(&killed), clean_data);
+    let strip = |m: BTreeMap<String, Value>| -> BTreeMap<String, Value> {
+        m.into_iter()
+            .map(|(k, mut v)| {
+                v.as_object_mut().unwrap().remove("detail");
+                (k, v)
+            })
+            .collect()
+    };
+    assert_eq!(
+        strip(keyed(&killed.join("attempts.jsonl"), problem_key)),
+        strip(clean_attempts)
+    );
+}
+
+/// The three-model agreement filter on real outputs: MathCoder-L-7B, L-13B and CL-13B's released
+/// SVAMP solutions served as samples 0, 1 and 2 (a replay server choosing the model by seed), on
+/// the first 30 SVAMP problems. Kept = exactly the problems whose three recorded final answers
+/// our grader judges equivalent; the run reports how many of those equal the gold.
+#[test]
+fn distill_three_released_models_on_svamp() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/released-outputs");
+    let models = ["MathCoder-L-7b", "MathCoder-L-13b", "MathCoder-CL-13b"];
+    let dirs: Vec<String> = models.iter().map(|m| format!("{root}/{m}/SVAMP")).collect();
+    let mut server = common::bench_bin();
+    server.arg("replay-server").args(&dirs).arg("--per-seed");
+    let (_server, url) = common::replay_server_with(server, 0.0);
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["data", "distill", "--problems", "svamp", "--teacher", "lce"])
+        .args([
+            "--samples",
+            "3",
+            "--seed",
+            "0",
+            "--limit",
+            "30",
+            "--keep-all",
+        ])
+        .args(["--concurrency", "8", "--endpoint", &url, "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!("{text}");
+
+    // The oracle: each model's recorded last block, by question.
+    let grader = mathcoder_grade::Grader::new(Default::default());
+    let conv = mathcoder_grade::Dataset::Svamp;
+    let last_blocks: Vec<std::collections::HashMap<String, String>> = dirs
+        .iter()
+        .map(|d| {
+            let mut m = std::collections::HashMap::new();
+            for f in mathcoder_lce::record_files(&[d.as_str()]).unwrap() {
+                for n in
+                    mathcoder_lce::record::read_jsonl::<mathcoder_lce::OutputRecord>(&f).unwrap()
+                {
+                    let last = n
+                        .record
+                        .blocks()
+                        .last()
+                        .map(|b| b.content.clone())
+                        .unwrap_or_default();
+                    m.insert(n.record.question(), last);
+                }
+            }
+            m
+        })
+        .collect();
+    let problems = mathcoder_datasets::Benchmark::Svamp.load().unwrap();
+    let (mut expected, mut correct) = (std::collections::BTreeSet::new(), 0);
+    for p in &problems[..30] {
+        let answers: Vec<Option<String>> = last_blocks
+            .iter()
+            .map(|m| {
+                m.get(&p.question)
+                    .and_then(|b| mathcoder_grade::extract(b).ok())
+                    .map(|e| e.answer)
+            })
+            .collect();
+        let Some(first) = answers[0].clone() else {
+            continue;
+        };
+        if answers.iter().all(|a| {
+            a.as_deref()
+                .is_some_and(|a| grader.equivalent(conv, &first, a).correct)
+        }) {
+            expected.insert(p.id.clone());
+            correct += grader
+                .grade(
+                    conv,
+                    p.gold(),
+                    &last_blocks[0][&p.question],
+                    Some(&p.question),
+                )
+                .correct as usize;
+        }
+    }
+    let tried = keyed(&dir.path().join("attempts.jsonl"), |v| {
+        v["problem_id"].as_str().unwrap().to_string()
+    });
+    assert_eq!(tried.len(), 30);
+    let kept: std::collections::BTreeSet<String> = tried
+        .iter()
+        .filter(|(_, a)| a["outcome"] == "kept")
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert_eq!(kept, expected);
+    assert!(kept.len() >= 10, "kept {}", kept.len());
+    // Three solutions per kept problem, one from each model (sample = model).
+    assert_eq!(data(dir.path()).len(), 3 * kept.len());
+    let line = format!(
+        ">= 3 agree: {} problems; agreed answer = gold on {correct}/{}",
+        kept.len(),
+        kept.len()
+    );
+    assert!(text.contains(&line), "{line:?} not in {text}");
 }
 
 /// The first GSM8K test problem (Janet's ducks), as vendored.

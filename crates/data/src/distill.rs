@@ -1,6 +1,10 @@
-//! D1: self-distillation. Each problem (no gold needed) gets `n` solutions from a teacher; it is
-//! kept only when all `n` final answers are mathematically equivalent (our grader's
-//! `equivalent`, not string equality), as the paper keeps its 3-way agreeing solutions.
+//! D1: self-distillation. Each problem (no gold needed) gets `n` solutions from a teacher (drawn
+//! at once, seeds `seed + sample`); it is kept only when all `n` final answers are mathematically
+//! equivalent (our grader's `equivalent`, not string equality), as the paper keeps its 3-way
+//! agreeing solutions, or, with `min_agree` k < n, when the largest group of equivalent answers
+//! has at least k members (its solutions are the ones kept). Each problem's attempt records the
+//! largest group's size and, for problems that have a gold answer, whether its answer equals the
+//! gold: the precision of the agreement filter at every k, from one run ([`agreement`]).
 //!
 //! The unit of work is a problem: its kept solutions (all `n`, or the first) are appended to
 //! `data.jsonl` in one write, then its line in `attempts.jsonl` (sample 0) commits it. On resume
@@ -9,7 +13,7 @@
 
 use mathcoder_datasets::Problem;
 use mathcoder_grade::{Dataset, Grader};
-use mathcoder_lce::{Acceptance, BlockKind, Provenance, TrainRecord};
+use mathcoder_lce::{Acceptance, Provenance, TrainRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::io::Write;
@@ -36,6 +40,8 @@ pub struct DistillConfig {
     pub system: String,
     /// Keep all agreeing solutions (otherwise the first).
     pub keep_all: bool,
+    /// Answers that must agree for a problem to be kept (`samples`: all of them).
+    pub min_agree: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,6 +54,7 @@ struct DistillIdentity {
     conventions: String,
     system: String,
     keep_all: bool,
+    min_agree: usize,
 }
 
 /// The problems already done in `out` (data lines of unfinished problems dropped).
@@ -94,6 +101,12 @@ pub async fn distill<T: Teacher>(
             "--samples and --concurrency must be at least 1".into(),
         ));
     }
+    if config.min_agree == 0 || config.min_agree > config.samples {
+        return Err(DataError::Invalid(format!(
+            "--min-agree must be between 1 and --samples ({})",
+            config.samples
+        )));
+    }
     let mut ids = HashSet::new();
     if let Some(p) = problems.iter().find(|p| !ids.insert(p.id.as_str())) {
         return Err(DataError::Invalid(format!(
@@ -113,6 +126,7 @@ pub async fn distill<T: Teacher>(
             conventions: config.conventions.name().to_string(),
             system: config.system.clone(),
             keep_all: config.keep_all,
+            min_agree: config.min_agree,
         },
     )?;
     let done = load_done(&config.out)?;
@@ -147,7 +161,7 @@ pub async fn distill<T: Teacher>(
         tasks.spawn(async move {
             let _permit = permit;
             let p = &problems[i];
-            let (data, attempt) = one(p, teacher.as_ref(), &grader, &config, &name).await?;
+            let (data, attempt) = one(p, &teacher, &grader, &config, &name).await?;
             let outcome = attempt.outcome;
             let mut a =
                 serde_json::to_string(&attempt).map_err(|e| DataError::Invalid(e.to_string()))?;
@@ -169,9 +183,32 @@ pub async fn distill<T: Teacher>(
         .map_err(|e| DataError::Invalid(format!("writer: {e}")))?
 }
 
+/// The largest group of equivalent answers: (its members' indices, in order). Ties go to the
+/// group whose first member comes first; a missing answer is in no group.
+fn largest_group(answers: &[Option<String>], grader: &Grader, conventions: Dataset) -> Vec<usize> {
+    let mut best: Vec<usize> = Vec::new();
+    for (i, a) in answers.iter().enumerate() {
+        let Some(a) = a else { continue };
+        if best.contains(&i) {
+            continue;
+        }
+        let group: Vec<usize> = (i..answers.len())
+            .filter(|j| {
+                answers[*j]
+                    .as_deref()
+                    .is_some_and(|b| *j == i || grader.equivalent(conventions, a, b).correct)
+            })
+            .collect();
+        if group.len() > best.len() {
+            best = group;
+        }
+    }
+    best
+}
+
 async fn one<T: Teacher>(
     p: &Problem,
-    teacher: &T,
+    teacher: &Arc<T>,
     grader: &Grader,
     config: &DistillConfig,
     name: &str,
@@ -187,11 +224,24 @@ async fn one<T: Teacher>(
         blocks: 0,
         code_blocks: 0,
         teacher_tokens: 0,
+        agreeing: None,
+        gold_correct: None,
     };
-    let mut solutions = Vec::with_capacity(config.samples);
+    // The n draws of a problem run at once (the problem's wait is its slowest draw).
+    let mut draws = tokio::task::JoinSet::new();
     for s in 0..config.samples {
         let seed = config.seed.map(|x| x + s as u64);
-        match teacher.solve(p, s, seed).await {
+        let (teacher, p) = (teacher.clone(), p.clone());
+        draws.spawn(async move { (s, seed, teacher.solve(&p, s, seed).await) });
+    }
+    let mut results = Vec::with_capacity(config.samples);
+    while let Some(r) = draws.join_next().await {
+        results.push(r.map_err(|e| DataError::Invalid(format!("task: {e}")))?);
+    }
+    results.sort_by_key(|(s, _, _)| *s);
+    let mut solutions = Vec::with_capacity(config.samples);
+    for (s, seed, result) in results {
+        match result {
             Ok(sol) => solutions.push((s, seed, sol)),
             Err(e) => {
                 attempt.outcome = match e {
@@ -212,33 +262,34 @@ async fn one<T: Teacher>(
         })
         .collect();
     attempt.teacher_tokens = solutions.iter().map(|(_, _, s)| s.teacher_tokens).sum();
-    attempt.extracted = answers.first().cloned().flatten();
-    let agreeing = match answers.first().cloned().flatten() {
-        Some(first) => answers
-            .iter()
-            .filter(|a| {
-                a.as_deref()
-                    .is_some_and(|a| grader.equivalent(config.conventions, &first, a).correct)
-            })
-            .count(),
-        None => 0,
-    };
-    if agreeing < config.samples {
+    let group = largest_group(&answers, grader, config.conventions);
+    let agreeing = group.len();
+    attempt.agreeing = Some(agreeing);
+    attempt.extracted = group.first().and_then(|i| answers[*i].clone());
+    if let (Some(gold), Some(i)) = (p.answer.as_deref(), group.first()) {
+        let v = grader.grade(
+            config.conventions,
+            gold,
+            solutions[*i].2.completion(),
+            Some(&p.question),
+        );
+        attempt.gold_correct = Some(v.correct);
+    } else if p.answer.is_some() {
+        attempt.gold_correct = Some(false);
+    }
+    if agreeing < config.min_agree {
         attempt.outcome = AttemptOutcome::Wrong;
         attempt.detail = format!("{agreeing}/{} agree: {answers:?}", config.samples);
         return Ok((None, attempt));
     }
     attempt.outcome = AttemptOutcome::Kept;
-    attempt.detail = format!("all {} agree", config.samples);
-    let keep = if config.keep_all { solutions.len() } else { 1 };
+    attempt.detail = format!("{agreeing}/{} agree", config.samples);
+    let keep = if config.keep_all { group.len() } else { 1 };
     let mut data = String::new();
-    for (s, seed, sol) in solutions.iter().take(keep) {
+    for i in group.iter().take(keep) {
+        let (s, seed, sol) = &solutions[*i];
         attempt.blocks += sol.blocks.len();
-        attempt.code_blocks += sol
-            .blocks
-            .iter()
-            .filter(|b| b.kind == BlockKind::Code)
-            .count();
+        attempt.code_blocks += crate::seed::count_code(&sol.blocks);
         let record = TrainRecord::new(
             &config.system,
             &p.question,
@@ -269,6 +320,42 @@ async fn one<T: Teacher>(
     attempt.blocks /= keep;
     attempt.code_blocks /= keep;
     Ok((Some(data), attempt))
+}
+
+/// The agreement filter at each k of a distill run: problems whose largest group of equivalent
+/// answers has at least k members, and how many of those (on problems with a gold) have the
+/// gold answer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AgreementRow {
+    pub at_least: usize,
+    pub problems: usize,
+    /// Of `problems`, those with a gold answer, and those whose agreed answer equals it.
+    pub with_gold: usize,
+    pub correct: usize,
+}
+
+/// [`AgreementRow`]s for k = n down to 1, read from a run's `attempts.jsonl`.
+pub fn agreement(out: &std::path::Path, samples: usize) -> Result<Vec<AgreementRow>, DataError> {
+    let attempts: Vec<Attempt> = load_keyed(&attempts_path(out), |a: &Attempt| {
+        (a.problem_id.clone(), a.sample)
+    })?;
+    Ok((1..=samples)
+        .rev()
+        .map(|k| {
+            let mut row = AgreementRow {
+                at_least: k,
+                ..AgreementRow::default()
+            };
+            for a in attempts.iter().filter(|a| a.agreeing.unwrap_or(0) >= k) {
+                row.problems += 1;
+                if let Some(c) = a.gold_correct {
+                    row.with_gold += 1;
+                    row.correct += c as usize;
+                }
+            }
+            row
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -325,6 +412,7 @@ mod tests {
             conventions: Dataset::Math,
             system: mathcoder_lce::DEFAULT_SYSTEM_PROMPT.into(),
             keep_all: true,
+            min_agree: 3,
         };
         let problems = [
             problem("same", "\\frac{1}{2},0.5,1/2"),

@@ -8,7 +8,7 @@ use mathcoder_sandbox::Sandbox;
 use mathcoder_solve::{solve, SolveConfig};
 use std::sync::Arc;
 
-use crate::{Teacher, TeacherError, TeacherSolution};
+use crate::{Draw, Teacher, TeacherError, TeacherSolution};
 
 /// A model that writes LCE blocks, driven by `mathcoder_solve::solve`.
 #[derive(Clone)]
@@ -42,11 +42,30 @@ impl Teacher for LceTeacher {
     async fn solve(
         &self,
         problem: &Problem,
-        _sample: usize,
+        sample: usize,
         seed: Option<u64>,
     ) -> Result<TeacherSolution, TeacherError> {
+        self.solve_draw(
+            problem,
+            Draw {
+                sample,
+                seed,
+                temperature: None,
+            },
+        )
+        .await
+    }
+
+    async fn solve_draw(
+        &self,
+        problem: &Problem,
+        draw: Draw,
+    ) -> Result<TeacherSolution, TeacherError> {
         let mut config = self.config.clone();
-        config.seed = seed.or(config.seed);
+        config.seed = draw.seed.or(config.seed);
+        if let Some(t) = draw.temperature {
+            config.temperature = t;
+        }
         let outcome = solve(
             &problem.question,
             self.backend.as_ref(),

@@ -14,7 +14,9 @@ pub mod distill;
 pub mod interpolate;
 pub mod lce_teacher;
 pub mod merge;
+pub mod quality;
 pub mod seed;
+pub mod stats;
 mod work;
 
 use mathcoder_datasets::Problem;
@@ -53,6 +55,16 @@ impl TeacherSolution {
     }
 }
 
+/// Which draw a solve is: the sample number, its seed, and the sampling temperature (`None`: the
+/// teacher's own setting). Seed runs draw sample 0 greedily (temperature 0) and the rest at the
+/// run's temperature.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Draw {
+    pub sample: usize,
+    pub seed: Option<u64>,
+    pub temperature: Option<f32>,
+}
+
 /// Writes LCE solutions to problems. Implementations: [`AnnotationsTeacher`] (offline, GSM8K
 /// annotations), [`LceTeacher`] (an LCE model through the solve loop) and [`ChatTeacher`] (a
 /// chat model with a code interpreter).
@@ -67,4 +79,14 @@ pub trait Teacher: Send + Sync + 'static {
         sample: usize,
         seed: Option<u64>,
     ) -> impl Future<Output = Result<TeacherSolution, TeacherError>> + Send;
+
+    /// One solution for a [`Draw`]; teachers that sample override it to honour the draw's
+    /// temperature (the default ignores it: the offline teacher is deterministic).
+    fn solve_draw(
+        &self,
+        problem: &Problem,
+        draw: Draw,
+    ) -> impl Future<Output = Result<TeacherSolution, TeacherError>> + Send {
+        self.solve(problem, draw.sample, draw.seed)
+    }
 }

@@ -1,24 +1,34 @@
 //! D0: a teacher's solutions to train problems, kept when our grader judges the final answer
 //! equal to the gold.
 //!
+//! Sampling follows ToRA: each problem gets a first greedy solution (sample 0, temperature 0),
+//! then up to K sampled ones (samples 1..=K, temperature T, seed `seed + sample`), drawn one
+//! after another and only while the problem is still unsolved (no kept solution yet), or always
+//! with `sample_all`; drawing stops once `max_per_problem` solutions are kept. A correct
+//! solution is kept unless an optional filter drops it ([`crate::quality::Filters`]) or it
+//! duplicates one already kept for the problem ([`crate::quality::distinct`]).
+//!
 //! A run directory holds `run.json` (the run's identity, checked on resume), `data.jsonl` (the
 //! kept solutions, one [`TrainRecord`] a line) and `attempts.jsonl` (one [`Attempt`] per
-//! (problem, sample) tried, kept or not). One writer appends both: a kept solution's data line
-//! is written and fsynced before its attempt line, so a crash at any moment loses at most the
-//! attempts in flight. On resume, torn last lines are cut, a (problem, sample) found in either
-//! file is done, and a kept solution whose attempt line was lost gets it back.
+//! (problem, sample) drawn, kept or not). One writer appends both: a kept solution's data line
+//! is written and fsynced before its attempt line, and a problem's attempts reach it in sample
+//! order, so a crash at any moment loses at most the draws in flight. On resume, torn last lines
+//! are cut, a (problem, sample) found in either file is done, a kept solution whose attempt line
+//! was lost gets it back, and each problem continues from its first undone sample with the kept
+//! solutions read back from `data.jsonl`: the same decisions as an uninterrupted run.
 
 use mathcoder_datasets::Problem;
 use mathcoder_grade::{Dataset, Grader};
-use mathcoder_lce::{Acceptance, BlockKind, Provenance, TrainRecord};
+use mathcoder_lce::{Acceptance, Block, BlockKind, Provenance, TrainRecord};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::{Teacher, TeacherError};
+use crate::quality::{distinct, signature, Filters, Tokens};
+use crate::{Draw, Teacher, TeacherError};
 
 /// Errors of a data run (per-problem failures are attempts, not errors).
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +60,17 @@ pub struct SeedConfig {
     pub out: PathBuf,
     /// The problem set's name (provenance `source`).
     pub source: String,
-    /// Solutions drawn per problem (seeds `seed + sample`).
+    /// K: sampled solutions after the greedy one (seeds `seed + sample`).
     pub samples: usize,
+    /// Draw all K samples, not only for problems the greedy solution left unsolved.
+    pub sample_all: bool,
+    /// Temperature of the sampled draws (the greedy draw is at 0).
+    pub temperature: f32,
+    /// M: distinct solutions kept per problem at most.
+    pub max_per_problem: usize,
+    pub filters: Filters,
+    /// The unit of `filters.max_tokens`.
+    pub tokens: Tokens,
     pub seed: Option<u64>,
     pub concurrency: usize,
     /// The grader's answer conventions for the source.
@@ -66,6 +85,13 @@ pub struct SeedIdentity {
     source: String,
     teacher: String,
     samples: usize,
+    sample_all: bool,
+    temperature: f32,
+    max_per_problem: usize,
+    require_code: bool,
+    drop_traceback: bool,
+    max_tokens: Option<usize>,
+    token_unit: String,
     seed: Option<u64>,
     conventions: String,
     system: String,
@@ -77,6 +103,13 @@ impl SeedIdentity {
             source: config.source.clone(),
             teacher: teacher.to_string(),
             samples: config.samples,
+            sample_all: config.sample_all,
+            temperature: config.temperature,
+            max_per_problem: config.max_per_problem,
+            require_code: config.filters.require_code,
+            drop_traceback: config.filters.drop_traceback,
+            max_tokens: config.filters.max_tokens,
+            token_unit: config.tokens.describe(),
             seed: config.seed,
             conventions: config.conventions.name().to_string(),
             system: config.system.clone(),
@@ -92,6 +125,10 @@ pub enum AttemptOutcome {
     Kept,
     /// Solved, but the final answer is not the gold.
     Wrong,
+    /// Correct, but an optional filter dropped it (`detail` says which).
+    Filtered,
+    /// Correct, but the same or nearly the same as a solution kept for the problem.
+    Duplicate,
     /// The teacher could not write a solution (the offline teacher: not convertible).
     Unconverted,
     /// The teacher failed (sandbox or backend).
@@ -119,16 +156,20 @@ pub struct Attempt {
     pub code_blocks: usize,
     #[serde(default)]
     pub teacher_tokens: u64,
+    /// Distill: how many of the samples agree with the largest group of equivalent answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreeing: Option<usize>,
+    /// Distill on problems with a gold answer: whether the largest group's answer equals it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gold_correct: Option<bool>,
 }
 
-/// Progress events.
+/// Progress events, per problem.
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// (already done, to do) at start.
-    Start {
-        done: usize,
-        todo: usize,
-    },
+    /// Problems (already finished, to work on) at start.
+    Start { done: usize, todo: usize },
+    /// A problem is finished: `Kept` when it has a kept solution, else its last draw's outcome.
     Finished(AttemptOutcome),
 }
 
@@ -268,13 +309,21 @@ pub(crate) fn line<T: Serialize>(v: &T) -> Result<String, DataError> {
 /// The (problem, sample) pairs already done in `out`, repairing the files first (torn lines cut;
 /// a kept solution whose attempt line is missing gets one).
 pub fn load_done(out: &Path) -> Result<HashSet<(String, usize)>, DataError> {
+    Ok(load_run(out)?.0)
+}
+
+/// The (problem, sample) pairs done.
+type Done = HashSet<(String, usize)>;
+
+/// [`load_done`], and the kept records read back.
+fn load_run(out: &Path) -> Result<(Done, Vec<TrainRecord>), DataError> {
     let data: Vec<TrainRecord> = load_keyed(&data_path(out), |r: &TrainRecord| {
         (r.provenance.problem_id.clone(), r.provenance.sample)
     })?;
     let attempts: Vec<Attempt> = load_keyed(&attempts_path(out), |a: &Attempt| {
         (a.problem_id.clone(), a.sample)
     })?;
-    let mut done: HashSet<(String, usize)> = attempts
+    let mut done: Done = attempts
         .iter()
         .map(|a| (a.problem_id.clone(), a.sample))
         .collect();
@@ -297,6 +346,8 @@ pub fn load_done(out: &Path) -> Result<HashSet<(String, usize)>, DataError> {
                 blocks: blocks.len(),
                 code_blocks: blocks.iter().filter(|b| b.kind == BlockKind::Code).count(),
                 teacher_tokens: 0,
+                agreeing: None,
+                gold_correct: None,
             })?);
         }
     }
@@ -310,12 +361,44 @@ pub fn load_done(out: &Path) -> Result<HashSet<(String, usize)>, DataError> {
         f.write_all(missing.as_bytes()).map_err(io(&p))?;
         f.sync_data().map_err(io(&p))?;
     }
-    Ok(done)
+    Ok((done, data))
 }
 
-/// Solves `problems` (each `config.samples` times) with `teacher`, grades each solution once
-/// against the gold, and appends kept solutions to `data.jsonl` and every attempt to
-/// `attempts.jsonl`. Returns the number of attempts written by this call.
+/// Where a problem stands: its samples done, and its kept solutions' signatures in sample order.
+#[derive(Default)]
+struct ProblemState {
+    done: HashSet<usize>,
+    kept: Vec<Vec<String>>,
+}
+
+impl SeedConfig {
+    /// Whether sample `s` is drawn, given the distinct solutions kept from samples before it.
+    fn draws(&self, s: usize, kept: usize) -> bool {
+        s == 0
+            || (s <= self.samples && kept < self.max_per_problem && (self.sample_all || kept == 0))
+    }
+
+    fn draw(&self, s: usize) -> Draw {
+        Draw {
+            sample: s,
+            seed: self.seed.map(|x| x + s as u64),
+            temperature: Some(if s == 0 { 0.0 } else { self.temperature }),
+        }
+    }
+}
+
+impl ProblemState {
+    /// The first sample still to draw, if any.
+    fn next(&self, config: &SeedConfig) -> Option<usize> {
+        (0..=config.samples)
+            .find(|s| !self.done.contains(s))
+            .filter(|s| config.draws(*s, self.kept.len()))
+    }
+}
+
+/// Solves `problems` with `teacher` (a greedy draw, then sampled ones as the module docs say),
+/// grades each solution once against the gold, and appends kept solutions to `data.jsonl` and
+/// every draw to `attempts.jsonl`. Returns the number of attempts written by this call.
 pub async fn seed<T: Teacher>(
     problems: &[Problem],
     teacher: Arc<T>,
@@ -323,9 +406,9 @@ pub async fn seed<T: Teacher>(
     config: &SeedConfig,
     progress: Arc<dyn Fn(Event) + Send + Sync>,
 ) -> Result<usize, DataError> {
-    if config.samples == 0 || config.concurrency == 0 {
+    if config.concurrency == 0 || config.max_per_problem == 0 {
         return Err(DataError::Invalid(
-            "--samples and --concurrency must be at least 1".into(),
+            "--concurrency and --max-per-problem must be at least 1".into(),
         ));
     }
     let mut ids = HashSet::new();
@@ -345,15 +428,29 @@ pub async fn seed<T: Teacher>(
     }
     let teacher_name = teacher.describe();
     check_identity(&config.out, &SeedIdentity::of(config, &teacher_name))?;
-    let done = load_done(&config.out)?;
-    let todo: Vec<(usize, usize)> = problems
+    let (done, data) = load_run(&config.out)?;
+    let mut states: HashMap<String, ProblemState> = HashMap::new();
+    for (id, s) in done {
+        states.entry(id).or_default().done.insert(s);
+    }
+    let mut kept: Vec<&TrainRecord> = data.iter().collect();
+    kept.sort_by_key(|r| r.provenance.sample);
+    for r in kept {
+        let blocks = r.blocks().unwrap_or_default();
+        states
+            .entry(r.provenance.problem_id.clone())
+            .or_default()
+            .kept
+            .push(signature(&blocks));
+    }
+    let todo: Vec<(usize, ProblemState)> = problems
         .iter()
         .enumerate()
-        .flat_map(|(i, _)| (0..config.samples).map(move |s| (i, s)))
-        .filter(|(i, s)| !done.contains(&(problems[*i].id.clone(), *s)))
+        .map(|(i, p)| (i, states.remove(&p.id).unwrap_or_default()))
+        .filter(|(_, st)| st.next(config).is_some())
         .collect();
     progress(Event::Start {
-        done: done.len(),
+        done: problems.len() - todo.len(),
         todo: todo.len(),
     });
     let (tx, rx) = mpsc::channel::<Lines>(256);
@@ -362,7 +459,7 @@ pub async fn seed<T: Teacher>(
     let mut tasks = tokio::task::JoinSet::new();
     let problems: Arc<Vec<Problem>> = Arc::new(problems.to_vec());
     let teacher_name: Arc<str> = teacher_name.into();
-    for (i, s) in todo {
+    for (i, mut state) in todo {
         let permit = permits
             .clone()
             .acquire_owned()
@@ -380,12 +477,24 @@ pub async fn seed<T: Teacher>(
         tasks.spawn(async move {
             let _permit = permit;
             let p = &problems[i];
-            let seed = config.seed.map(|x| x + s as u64);
-            let result = teacher.solve(p, s, seed).await;
-            let (data, attempt) = judge(p, s, seed, result, &grader, &config, &teacher_name)?;
-            let outcome = attempt.outcome;
-            let _ = tx.send((data, line(&attempt)?)).await;
-            progress(Event::Finished(outcome));
+            let mut last = AttemptOutcome::Failed;
+            // Draws of one problem go one after another, so the writer gets them in order.
+            while let Some(s) = state.next(&config) {
+                let draw = config.draw(s);
+                let result = teacher.solve_draw(p, draw).await;
+                let (data, attempt) =
+                    judge(p, draw, result, &grader, &config, &teacher_name, &mut state)?;
+                last = attempt.outcome;
+                state.done.insert(s);
+                if tx.send((data, line(&attempt)?)).await.is_err() {
+                    break;
+                }
+            }
+            progress(Event::Finished(if state.kept.is_empty() {
+                last
+            } else {
+                AttemptOutcome::Kept
+            }));
             Ok::<(), DataError>(())
         });
         while let Some(r) = tasks.try_join_next() {
@@ -401,16 +510,18 @@ pub async fn seed<T: Teacher>(
         .map_err(|e| DataError::Invalid(format!("writer: {e}")))?
 }
 
-/// Grades one teacher result: the data line (when kept) and the attempt.
+/// Grades one teacher result: the data line (when kept) and the attempt; a kept solution's
+/// signature joins `state.kept`.
 fn judge(
     p: &Problem,
-    sample: usize,
-    seed: Option<u64>,
+    draw: Draw,
     result: Result<crate::TeacherSolution, TeacherError>,
     grader: &Grader,
     config: &SeedConfig,
     teacher: &str,
+    state: &mut ProblemState,
 ) -> Result<(Option<String>, Attempt), DataError> {
+    let (sample, seed) = (draw.sample, draw.seed);
     let mut attempt = Attempt {
         problem_id: p.id.clone(),
         sample,
@@ -422,6 +533,8 @@ fn judge(
         blocks: 0,
         code_blocks: 0,
         teacher_tokens: 0,
+        agreeing: None,
+        gold_correct: None,
     };
     let sol = match result {
         Ok(sol) => sol,
@@ -449,15 +562,23 @@ fn judge(
     attempt.detail = v.reason.clone();
     attempt.extracted = v.extracted.clone();
     attempt.blocks = sol.blocks.len();
-    attempt.code_blocks = sol
-        .blocks
-        .iter()
-        .filter(|b| b.kind == BlockKind::Code)
-        .count();
+    attempt.code_blocks = count_code(&sol.blocks);
     attempt.teacher_tokens = sol.teacher_tokens;
     if !v.correct {
         return Ok((None, attempt));
     }
+    if let Err(why) = config.filters.check(&sol.blocks, &config.tokens) {
+        attempt.outcome = AttemptOutcome::Filtered;
+        attempt.detail = why;
+        return Ok((None, attempt));
+    }
+    let sig = signature(&sol.blocks);
+    if let Err(why) = distinct(&sig, &state.kept) {
+        attempt.outcome = AttemptOutcome::Duplicate;
+        attempt.detail = why;
+        return Ok((None, attempt));
+    }
+    state.kept.push(sig);
     let record = TrainRecord::new(
         &config.system,
         &p.question,
@@ -484,6 +605,10 @@ fn judge(
         .to_line()
         .map_err(|e| DataError::Invalid(format!("serializing a record: {e}")))?;
     Ok((Some(data), attempt))
+}
+
+pub(crate) fn count_code(blocks: &[Block]) -> usize {
+    blocks.iter().filter(|b| b.kind == BlockKind::Code).count()
 }
 
 /// Counts of a run directory's attempts.
@@ -532,4 +657,259 @@ pub fn stats(out: &Path) -> Result<SeedStats, DataError> {
     s.mean_blocks = blocks as f64 / kept;
     s.mean_code_blocks = code as f64 / kept;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TeacherSolution;
+
+    /// Answers by problem: the question is a comma-separated script, one entry per sample:
+    /// the final answer, `!` for a failure; `=` after an answer repeats sample 0's wording (a
+    /// duplicate); `~` drops the code block. Records the temperature of every draw.
+    struct Scripted(std::sync::Mutex<Vec<(String, usize, Option<f32>)>>);
+
+    impl Teacher for Scripted {
+        fn describe(&self) -> String {
+            "scripted".into()
+        }
+        async fn solve(
+            &self,
+            p: &Problem,
+            sample: usize,
+            seed: Option<u64>,
+        ) -> Result<TeacherSolution, TeacherError> {
+            self.solve_draw(
+                p,
+                Draw {
+                    sample,
+                    seed,
+                    temperature: None,
+                },
+            )
+            .await
+        }
+        async fn solve_draw(&self, p: &Problem, d: Draw) -> Result<TeacherSolution, TeacherError> {
+            self.0
+                .lock()
+                .unwrap()
+                .push((p.id.clone(), d.sample, d.temperature));
+            let script: Vec<&str> = p.question.split(',').collect();
+            let entry = script.get(d.sample).copied().unwrap_or("!");
+            if entry == "!" {
+                return Err(TeacherError::Fault("server error".into()));
+            }
+            let answer = entry.trim_end_matches(['=', '~']);
+            let words = [
+                "alpha beta gamma",
+                "delta epsilon zeta",
+                "eta theta iota",
+                "kappa mu nu",
+            ];
+            let wording = if entry.ends_with('=') {
+                words[0].to_string()
+            } else {
+                words[d.sample % words.len()].to_string()
+            };
+            let mut blocks = vec![Block::text(wording)];
+            if !entry.ends_with('~') {
+                blocks.push(Block::code(format!("x = {answer}\nx")));
+                blocks.push(Block::execution(answer));
+            }
+            blocks.push(Block::text(format!("\\boxed{{{answer}}}")));
+            Ok(TeacherSolution {
+                blocks,
+                teacher_tokens: 10,
+            })
+        }
+    }
+
+    fn problem(id: &str, script: &str, gold: &str) -> Problem {
+        Problem {
+            id: id.into(),
+            dataset: "t".into(),
+            split: Default::default(),
+            question: script.into(),
+            answer: Some(gold.into()),
+            subject: None,
+            level: None,
+            solution: None,
+        }
+    }
+
+    fn config(out: &Path, samples: usize, sample_all: bool) -> SeedConfig {
+        SeedConfig {
+            out: out.to_path_buf(),
+            source: "t".into(),
+            samples,
+            sample_all,
+            temperature: 0.7,
+            max_per_problem: 2,
+            filters: Filters {
+                require_code: true,
+                ..Filters::default()
+            },
+            tokens: Tokens::Words,
+            seed: Some(10),
+            concurrency: 3,
+            conventions: Dataset::Generic,
+            system: "s".into(),
+        }
+    }
+
+    fn kept(out: &Path) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = load_keyed(&data_path(out), |r: &TrainRecord| {
+            (r.provenance.problem_id.clone(), r.provenance.sample)
+        })
+        .unwrap()
+        .into_iter()
+        .map(|r: TrainRecord| (r.provenance.problem_id, r.provenance.sample))
+        .collect();
+        v.sort();
+        v
+    }
+
+    async fn run(problems: &[Problem], c: &SeedConfig) -> Vec<(String, usize, Option<f32>)> {
+        let t = Arc::new(Scripted(Default::default()));
+        seed(
+            problems,
+            t.clone(),
+            Arc::new(Grader::new(Default::default())),
+            c,
+            Arc::new(|_| {}),
+        )
+        .await
+        .unwrap();
+        let mut calls = t.0.lock().unwrap().clone();
+        calls.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        calls
+    }
+
+    #[tokio::test]
+    async fn greedy_then_samples_while_unsolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let problems = [
+            problem("a", "4,4,4", "4"),   // solved greedily: no samples
+            problem("b", "3,!,4,4", "4"), // wrong, failed, then solved at sample 2
+            problem("c", "4~,4,4", "4"),  // correct without code: filtered, solved at 1
+            problem("d", "1,2,3,5", "4"), // never solved: all 3 samples drawn
+        ];
+        let c = config(dir.path(), 3, false);
+        let calls = run(&problems, &c).await;
+        let drawn: Vec<(&str, usize)> = calls.iter().map(|(p, s, _)| (p.as_str(), *s)).collect();
+        assert_eq!(
+            drawn,
+            [
+                ("a", 0),
+                ("b", 0),
+                ("b", 1),
+                ("b", 2),
+                ("c", 0),
+                ("c", 1),
+                ("d", 0),
+                ("d", 1),
+                ("d", 2),
+                ("d", 3)
+            ]
+        );
+        assert!(calls
+            .iter()
+            .all(|(_, s, t)| *t == Some(if *s == 0 { 0.0 } else { 0.7 })));
+        assert_eq!(
+            kept(dir.path()),
+            [("a".into(), 0), ("b".into(), 2), ("c".into(), 1)]
+        );
+        let s = stats(dir.path()).unwrap();
+        assert_eq!(s.count(AttemptOutcome::Filtered), 1);
+        assert_eq!(s.count(AttemptOutcome::Wrong), 5);
+        assert_eq!(s.count(AttemptOutcome::Failed), 1);
+        // Done: a second call draws nothing.
+        assert!(run(&problems, &c).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn sample_all_keeps_at_most_m_distinct_and_resumes_mid_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        // Sample 1 repeats sample 0's wording (a duplicate); 2 and 3 are new: M = 2 stops at 2.
+        let problems = [problem("e", "4=,4=,4,4", "4"), problem("f", "5,4,4,4", "4")];
+        let c = config(dir.path(), 3, true);
+        let uninterrupted = tempfile::tempdir().unwrap();
+        let calls = run(
+            &problems,
+            &SeedConfig {
+                out: uninterrupted.path().to_path_buf(),
+                ..c.clone()
+            },
+        )
+        .await;
+        let drawn: Vec<(&str, usize)> = calls.iter().map(|(p, s, _)| (p.as_str(), *s)).collect();
+        assert_eq!(
+            drawn,
+            [("e", 0), ("e", 1), ("e", 2), ("f", 0), ("f", 1), ("f", 2)]
+        );
+        assert_eq!(
+            kept(uninterrupted.path()),
+            [
+                ("e".into(), 0),
+                ("e".into(), 2),
+                ("f".into(), 1),
+                ("f".into(), 2)
+            ]
+        );
+        // A crash after e's sample 1 and f's sample 0 (their lines written, nothing more): the
+        // resumed run draws exactly what is left and ends where the uninterrupted one did.
+        let all = std::fs::read_to_string(attempts_path(uninterrupted.path())).unwrap();
+        let data = std::fs::read_to_string(data_path(uninterrupted.path())).unwrap();
+        let keep = |l: &&str| {
+            let a: Attempt = serde_json::from_str(l).unwrap_or_else(|_| {
+                let r: TrainRecord = serde_json::from_str(l).unwrap();
+                Attempt {
+                    problem_id: r.provenance.problem_id,
+                    sample: r.provenance.sample,
+                    outcome: AttemptOutcome::Kept,
+                    detail: String::new(),
+                    extracted: None,
+                    subject: None,
+                    level: None,
+                    blocks: 0,
+                    code_blocks: 0,
+                    teacher_tokens: 0,
+                    agreeing: None,
+                    gold_correct: None,
+                }
+            });
+            (a.problem_id == "e" && a.sample <= 1) || (a.problem_id == "f" && a.sample == 0)
+        };
+        let part = |text: &str| -> String {
+            text.lines()
+                .filter(keep)
+                .map(|l| format!("{l}\n"))
+                .collect()
+        };
+        std::fs::write(attempts_path(dir.path()), part(&all)).unwrap();
+        std::fs::write(data_path(dir.path()), part(&data)).unwrap();
+        std::fs::write(
+            dir.path().join("run.json"),
+            std::fs::read(uninterrupted.path().join("run.json")).unwrap(),
+        )
+        .unwrap();
+        let calls = run(&problems, &c).await;
+        let drawn: Vec<(&str, usize)> = calls.iter().map(|(p, s, _)| (p.as_str(), *s)).collect();
+        assert_eq!(drawn, [("e", 2), ("f", 1), ("f", 2)]);
+        assert_eq!(kept(dir.path()), kept(uninterrupted.path()));
+        let outcomes = |d: &Path| {
+            let mut v: Vec<(String, usize, AttemptOutcome)> =
+                load_keyed(&attempts_path(d), |a: &Attempt| {
+                    (a.problem_id.clone(), a.sample)
+                })
+                .unwrap()
+                .into_iter()
+                .map(|a: Attempt| (a.problem_id, a.sample, a.outcome))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(outcomes(dir.path()), outcomes(uninterrupted.path()));
+        assert!(outcomes(dir.path()).contains(&("e".into(), 1, AttemptOutcome::Duplicate)));
+    }
 }

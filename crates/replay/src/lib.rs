@@ -7,7 +7,11 @@
 //! removes special tokens and the matched stop string from `text` unless asked not to
 //! (`skip_special_tokens: false`, `include_stop_str_in_output: true`). Optional per-token
 //! latency, a slot limit (concurrent generations) and injected faults make it a test and
-//! benchmark target. [`ReplayConfig::drops_special_tokens`] imitates a misconfigured server
+//! benchmark target. Several recording sets can be served by one server, the set chosen by the
+//! request's seed ([`serve_sets`]: set `seed mod n`), so that samples 0, 1, 2 of a problem
+//! (seeds s, s+1, s+2) are three different models' solutions; the server keeps, per (set,
+//! question), the tokens it has answered ([`Server::answered_tokens`]), the chains a benchmark
+//! compares its wall time with. [`ReplayConfig::drops_special_tokens`] imitates a misconfigured server
 //! instead: llama.cpp's `llama-server` without `--special`, which renders no special tokens and
 //! so never stops at `<|endofblock|>`.
 
@@ -183,7 +187,8 @@ pub struct ReplayConfig {
 }
 
 struct Shared {
-    recordings: Recordings,
+    sets: Vec<Recordings>,
+    answered: std::sync::Mutex<HashMap<(usize, String), u64>>,
     config: ReplayConfig,
     slots: Option<Semaphore>,
     requests: AtomicU64,
@@ -206,6 +211,15 @@ impl Server {
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
     }
+    /// Tokens answered so far per (recording set, question): with per-token latency, each
+    /// question's generation time in that set.
+    pub fn answered_tokens(&self) -> HashMap<(usize, String), u64> {
+        self.shared
+            .answered
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
     pub fn stop(self) {
         self.handle.abort();
     }
@@ -223,12 +237,27 @@ pub async fn serve(
     config: ReplayConfig,
     addr: SocketAddr,
 ) -> Result<Server, ReplayError> {
+    serve_sets(vec![recordings], config, addr).await
+}
+
+/// A server over several recording sets (e.g. one per model): a request with seed `s` is
+/// answered from set `s mod sets.len()`, one without a seed from set 0.
+pub async fn serve_sets(
+    sets: Vec<Recordings>,
+    config: ReplayConfig,
+    addr: SocketAddr,
+) -> Result<Server, ReplayError> {
     let listener = bind(addr).await?;
     let addr = listener
         .local_addr()
         .map_err(|source| ReplayError::Bind { addr, source })?;
     let shared = Arc::new(Shared {
-        recordings,
+        sets: if sets.is_empty() {
+            vec![Recordings::default()]
+        } else {
+            sets
+        },
+        answered: Default::default(),
         slots: config.slots.map(Semaphore::new),
         config,
         requests: AtomicU64::new(0),
@@ -332,14 +361,28 @@ async fn answer(
     prompt: &str,
     max_new_tokens: usize,
     openai: bool,
+    seed: Option<u64>,
 ) -> Result<Answer, Response> {
-    if openai && shared.config.drops_special_tokens {
-        return run_on(shared, prompt, max_new_tokens).await;
+    let set = seed.map_or(0, |s| (s % shared.sets.len() as u64) as usize);
+    let recordings = &shared.sets[set];
+    let a = if openai && shared.config.drops_special_tokens {
+        run_on(shared, recordings, prompt, max_new_tokens).await?
+    } else {
+        next_answer(shared, recordings, prompt, max_new_tokens).await?
+    };
+    if let (Some(c), Ok(mut m)) = (parse_conversation(prompt), shared.answered.lock()) {
+        *m.entry((set, c.user)).or_default() += a.tokens as u64;
     }
-    let block = shared
-        .recordings
-        .next_block(prompt)
-        .ok_or_else(not_recorded)?;
+    Ok(a)
+}
+
+async fn next_answer(
+    shared: &Shared,
+    recordings: &Recordings,
+    prompt: &str,
+    max_new_tokens: usize,
+) -> Result<Answer, Response> {
+    let block = recordings.next_block(prompt).ok_or_else(not_recorded)?;
     let mut tokens = token_count(&block);
     let mut text = block;
     let mut finish_length = false;
@@ -381,9 +424,13 @@ fn not_recorded() -> Response {
 
 /// [`ReplayConfig::drops_special_tokens`]: the rest of the solution with no special tokens, cut
 /// at `max_new_tokens` (the text is already without tokens: no stop can fire on it).
-async fn run_on(shared: &Shared, prompt: &str, max_new_tokens: usize) -> Result<Answer, Response> {
-    let rest = shared
-        .recordings
+async fn run_on(
+    shared: &Shared,
+    recordings: &Recordings,
+    prompt: &str,
+    max_new_tokens: usize,
+) -> Result<Answer, Response> {
+    let rest = recordings
         .rest_of_solution(prompt)
         .ok_or_else(not_recorded)?;
     let mut tokens = token_count(&rest);
@@ -468,7 +515,7 @@ async fn tgi_generate(State(shared): State<Arc<Shared>>, Json(req): Json<Value>)
     };
     let p = &req["parameters"];
     let max_new = p["max_new_tokens"].as_u64().unwrap_or(20) as usize;
-    let a = match answer(&shared, prompt, max_new, false).await {
+    let a = match answer(&shared, prompt, max_new, false, p["seed"].as_u64()).await {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -528,7 +575,7 @@ async fn openai_completions(State(shared): State<Arc<Shared>>, Json(req): Json<V
         }
     }
     let max_new = req["max_tokens"].as_u64().unwrap_or(16) as usize;
-    let a = match answer(&shared, prompt, max_new, true).await {
+    let a = match answer(&shared, prompt, max_new, true, req["seed"].as_u64()).await {
         Ok(a) => a,
         Err(r) => return r,
     };

@@ -4,6 +4,7 @@
 use anyhow::{bail, Result};
 use mathcoder_data::distill::DistillConfig;
 use mathcoder_data::merge::{MergeConfig, TestSets};
+use mathcoder_data::quality::{Filters, Tokens};
 use mathcoder_data::seed::{AttemptOutcome, Event, SeedConfig};
 use mathcoder_data::{AnnotationsTeacher, LceTeacher, Teacher};
 use mathcoder_grade::{Dataset, Grader};
@@ -31,6 +32,9 @@ pub enum DataCommand {
     /// The paper's difficulty check of interpolated problems against their parents, asked in
     /// both orders (DIR/judgments.jsonl, DIR/report.json; resumable).
     Judge(Box<super::data_chat::JudgeArgs>),
+    /// Per source and per MATH subject/level: problems attempted and solved, solutions kept,
+    /// blocks, code blocks and tokens per solution, teacher tokens spent.
+    Stats(StatsArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -68,9 +72,27 @@ pub struct SeedArgs {
     /// Only the first N problems.
     #[arg(long)]
     limit: Option<usize>,
-    /// Solutions per problem (seeds seed, seed+1, ...).
-    #[arg(long, default_value_t = 1)]
+    /// K: after the greedy solution (sample 0), up to K sampled ones (samples 1..=K, seeds
+    /// seed+1, ...; at `--temperature`), drawn while the problem is unsolved.
+    #[arg(long, default_value_t = 0)]
     samples: usize,
+    /// Draw all K samples even for problems already solved.
+    #[arg(long)]
+    sample_all: bool,
+    /// M: at most this many distinct solutions kept per problem (exact and near-duplicate
+    /// solutions are dropped; drawing stops at M).
+    #[arg(long, default_value_t = 4)]
+    max_per_problem: usize,
+    /// Drop correct solutions without a code block.
+    #[arg(long)]
+    require_code: bool,
+    /// Drop correct solutions whose last execution shows a traceback.
+    #[arg(long)]
+    drop_traceback: bool,
+    /// Drop correct solutions longer than N tokens under `--tokenizer` (whitespace words
+    /// without one).
+    #[arg(long, value_name = "N")]
+    max_tokens: Option<usize>,
     /// Problems worked on at once.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
@@ -108,6 +130,9 @@ pub struct DistillArgs {
     /// Keep all agreeing solutions of a problem (default: the first).
     #[arg(long)]
     keep_all: bool,
+    /// Keep a problem when at least this many answers agree (default: all --samples).
+    #[arg(long)]
+    min_agree: Option<usize>,
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
     #[command(flatten)]
@@ -152,6 +177,7 @@ fn distill(a: DistillArgs) -> Result<i32> {
         conventions,
         system: solve.template.system.clone(),
         keep_all: a.keep_all,
+        min_agree: a.min_agree.unwrap_or(a.samples),
     };
     let (pb, progress) = bar("distilling");
     let start = std::time::Instant::now();
@@ -164,7 +190,8 @@ fn distill(a: DistillArgs) -> Result<i32> {
             ))?
         }
         TeacherKind::Lce => {
-            let backend = a.backend.build(a.concurrency)?;
+            // The samples of a problem are drawn at once.
+            let backend = a.backend.build(a.concurrency * a.samples.max(1))?;
             let teacher = Arc::new(LceTeacher::new(backend, sandbox, solve));
             rt.block_on(mathcoder_data::distill::distill(
                 &problems, teacher, grader, &config, progress,
@@ -179,18 +206,35 @@ fn distill(a: DistillArgs) -> Result<i32> {
     };
     pb.finish_and_clear();
     let s = mathcoder_data::seed::stats(&a.out)?;
+    let mut out = std::io::stdout().lock();
     writeln!(
-        std::io::stdout().lock(),
-        "{}: {} problems in {:.1} s; all {} answers agree on {} ({} disagree, {} failed); data: {}",
+        out,
+        "{}: {} problems in {:.1} s; at least {} of {} answers agree on {} ({} disagree, {} failed); data: {}",
         config.source,
         s.problems,
         start.elapsed().as_secs_f64(),
+        config.min_agree,
         config.samples,
         s.count(AttemptOutcome::Kept),
         s.count(AttemptOutcome::Wrong),
         s.count(AttemptOutcome::Failed) + s.count(AttemptOutcome::Unconverted),
         mathcoder_data::seed::data_path(&a.out).display()
     )?;
+    for r in mathcoder_data::distill::agreement(&a.out, config.samples)? {
+        if r.with_gold == 0 {
+            writeln!(out, "  >= {} agree: {} problems", r.at_least, r.problems)?;
+        } else {
+            writeln!(
+                out,
+                "  >= {} agree: {} problems; agreed answer = gold on {}/{} ({:.1}%)",
+                r.at_least,
+                r.problems,
+                r.correct,
+                r.with_gold,
+                100.0 * r.correct as f64 / r.with_gold as f64
+            )?;
+        }
+    }
     Ok(0)
 }
 
@@ -237,6 +281,7 @@ pub fn run(a: Args) -> Result<i32> {
         DataCommand::Merge(a) => merge(a),
         DataCommand::Interpolate(a) => super::data_chat::interpolate(*a),
         DataCommand::Judge(a) => super::data_chat::judge(*a),
+        DataCommand::Stats(a) => stats(a),
     }
 }
 
@@ -262,10 +307,25 @@ fn seed(a: SeedArgs) -> Result<i32> {
     let sandbox = a.sandbox.sandbox()?;
     let grader = Arc::new(Grader::new(a.grading.options()));
     let solve = a.looping.config();
+    if a.samples > 0 && a.teacher == TeacherKind::Lce && solve.temperature <= 0.0 {
+        bail!("--samples {} draws sampled solutions: give them a --temperature above 0 (the first solution is greedy)", a.samples);
+    }
     let config = SeedConfig {
         out: a.out.clone(),
         source: name,
         samples: a.samples,
+        sample_all: a.sample_all,
+        temperature: solve.temperature,
+        max_per_problem: a.max_per_problem,
+        filters: Filters {
+            require_code: a.require_code,
+            drop_traceback: a.drop_traceback,
+            max_tokens: a.max_tokens,
+        },
+        tokens: match a.max_tokens {
+            Some(_) => token_unit(a.backend.native.tokenizer.as_deref())?,
+            None => Tokens::Words,
+        },
         seed: solve.seed,
         concurrency: a.concurrency,
         conventions,
@@ -316,6 +376,8 @@ fn run_seed<T: Teacher>(
     for o in [
         AttemptOutcome::Kept,
         AttemptOutcome::Wrong,
+        AttemptOutcome::Filtered,
+        AttemptOutcome::Duplicate,
         AttemptOutcome::Unconverted,
         AttemptOutcome::Failed,
     ] {
@@ -374,6 +436,83 @@ fn merge(a: MergeArgs) -> Result<i32> {
         report.removed.len(),
         tests.len(),
         a.out.display()
+    )?;
+    Ok(0)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StatsArgs {
+    /// A run directory of `seed` or `distill` (attempts and kept solutions), or a training file
+    /// (kept solutions only).
+    path: PathBuf,
+    /// Count tokens with this tokenizer.json (default: whitespace words of the blocks).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Print the rows as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Tokens under `tokenizer` (MathCoder's tokens added when it lacks them, so each counts one),
+/// or whitespace words without one.
+fn token_unit(tokenizer: Option<&std::path::Path>) -> Result<Tokens> {
+    let Some(path) = tokenizer else {
+        return Ok(Tokens::Words);
+    };
+    let (tok, _) = mathcoder_train::tokenize::TrainTokenizer::load(path)?;
+    let tok = Arc::new(tok);
+    Ok(Tokens::Tokenizer {
+        name: path.display().to_string(),
+        count: Arc::new(move |s: &str| tok.encode(s).map(|v| v.len()).map_err(|e| e.to_string())),
+    })
+}
+
+fn stats(a: StatsArgs) -> Result<i32> {
+    if !a.path.exists() {
+        bail!("{} does not exist", a.path.display());
+    }
+    let tokens = token_unit(a.tokenizer.as_deref())?;
+    let report = mathcoder_data::stats::stats(&a.path, &tokens)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(0);
+    }
+    let opt = |x: Option<usize>| x.map_or("-".to_string(), |x| x.to_string());
+    writeln!(
+        out,
+        "{:<16} {:<30} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>13}",
+        "source",
+        "group",
+        "attempted",
+        "draws",
+        "solved",
+        "kept",
+        "blocks",
+        "code",
+        "tokens",
+        "teacher tok"
+    )?;
+    for r in &report.rows {
+        writeln!(
+            out,
+            "{:<16} {:<30} {:>9} {:>7} {:>7} {:>7} {:>7.2} {:>7.2} {:>9.1} {:>13}",
+            r.source,
+            if r.group.is_empty() { "all" } else { &r.group },
+            opt(r.attempted),
+            opt(r.draws),
+            r.solved,
+            r.kept,
+            r.blocks_per_solution,
+            r.code_blocks_per_solution,
+            r.tokens_per_solution,
+            r.teacher_tokens.map_or("-".to_string(), |t| t.to_string())
+        )?;
+    }
+    writeln!(
+        out,
+        "blocks, code and tokens are per kept solution; tokens are {}",
+        report.token_unit
     )?;
     Ok(0)
 }

@@ -47,14 +47,16 @@ pub fn replay_server(latency_ms: f64) -> (Killed, String) {
 
 /// A replay server over the recorded outputs in `data` (a file or directory).
 pub fn replay_server_of(data: &str, latency_ms: f64) -> (Killed, String) {
-    let mut child = bench_bin()
-        .args([
-            "replay-server",
-            data,
-            "--addr",
-            "127.0.0.1:0",
-            "--latency-ms",
-        ])
+    let mut c = bench_bin();
+    c.args(["replay-server", data]);
+    replay_server_with(c, latency_ms)
+}
+
+/// Starts `command` (`mathcoder-bench replay-server ...`) on a free port with `latency_ms` per
+/// token, and returns it with its URL.
+pub fn replay_server_with(mut command: Command, latency_ms: f64) -> (Killed, String) {
+    let mut child = command
+        .args(["--addr", "127.0.0.1:0", "--latency-ms"])
         .arg(latency_ms.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
