@@ -7,3 +7,4 @@ pub mod grade;
 pub mod replay;
 pub mod runtime;
 pub mod sandbox;
+pub mod view;

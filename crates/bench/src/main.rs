@@ -1,7 +1,7 @@
 //! `mathcoder-bench`: speed figures (what `mathcoder bench ...` runs), and the replay server.
 
 use clap::{Parser, Subcommand};
-use mathcoder_bench::{engine, grade, replay, runtime, sandbox};
+use mathcoder_bench::{engine, grade, replay, runtime, sandbox, view};
 use mathcoder_cli::args::{GradeArgs, SandboxArgs};
 use std::path::PathBuf;
 
@@ -49,6 +49,9 @@ enum Bench {
         #[command(flatten)]
         grading: GradeArgs,
     },
+    /// The results browser (`mathcoder view`) in headless Chromium: opening and filtering a
+    /// run (MathCoder-L-7B's MATH outputs, and them repeated to 5,000 records).
+    View(view::ViewBenchArgs),
     /// Serve recorded MathCoder blocks over the TGI and OpenAI protocols (tests, benchmarks).
     ReplayServer(replay::ReplayArgs),
 }
@@ -70,6 +73,7 @@ fn main() {
             grading,
         } => grade::grade(dir, passes, grading),
         Bench::ReplayServer(a) => replay::replay(a),
+        Bench::View(a) => view::view(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

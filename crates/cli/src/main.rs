@@ -47,6 +47,9 @@ enum Command {
     /// Print one training instance with its trained and masked tokens told apart (masked ones
     /// dimmed on a terminal, else in [[...]]), and its token counts.
     Inspect(commands::train::InspectArgs),
+    /// Browse runs, released outputs, training data and training logs in a local web page
+    /// (read-only; loopback and a free port by default; the URL is printed).
+    View(commands::view::Args),
 }
 
 fn main() {
@@ -67,6 +70,7 @@ fn main() {
         Command::Export(a) => commands::train::export(a),
         Command::Data(a) => commands::data::run(a),
         Command::Inspect(a) => commands::train::inspect(a),
+        Command::View(a) => commands::view::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

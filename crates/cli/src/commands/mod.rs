@@ -8,3 +8,4 @@ pub mod run;
 pub mod sandbox;
 pub mod table2;
 pub mod train;
+pub mod view;
