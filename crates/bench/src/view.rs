@@ -29,7 +29,10 @@ pub struct ViewBenchArgs {
 const FILTERS: &[(&str, &str)] = &[
     ("wrong", "verdict=wrong"),
     ("geometry L5", "subject=geometry&level=5"),
-    ("wrong geometry L5", "verdict=wrong&subject=geometry&level=5"),
+    (
+        "wrong geometry L5",
+        "verdict=wrong&subject=geometry&level=5",
+    ),
     ("3+ code blocks", "code=3%2B"),
     ("text 'circle'", "q=circle"),
     ("none (all rows)", ""),
@@ -52,12 +55,18 @@ pub fn view(a: ViewBenchArgs) -> Result<i32> {
         let mut lines: Vec<String> = Vec::new();
         for f in &files {
             let text = mathcoder_lce::record::read_to_string_maybe_gz(f)?;
-            lines.extend(text.lines().filter(|l| !l.trim().is_empty()).map(String::from));
+            lines.extend(
+                text.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(String::from),
+            );
         }
         if lines.is_empty() {
             bail!("no records in {}", path.display());
         }
-        let big = scratch.path().join(format!("MATH-repeated-{}.jsonl", a.records));
+        let big = scratch
+            .path()
+            .join(format!("MATH-repeated-{}.jsonl", a.records));
         let mut out = String::new();
         for l in lines.iter().cycle().take(a.records) {
             out.push_str(l);

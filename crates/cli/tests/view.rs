@@ -52,7 +52,8 @@ struct Fixture {
     records: usize,
 }
 
-const XSS_QUESTION: &str = "<script>window.__xss=1</script>What is $1+1$? <img src=x onerror=\"window.__xss=2\">";
+const XSS_QUESTION: &str =
+    "<script>window.__xss=1</script>What is $1+1$? <img src=x onerror=\"window.__xss=2\">";
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
@@ -298,8 +299,16 @@ async fn browse_filter_open_compare_and_train() {
     // The first page: run A's problems with their question text, already in the served HTML.
     b.client.goto(&url).await.unwrap();
     let first = fetch_text(&b, &url).await;
-    assert!(first.contains("What is $1+1$?"), "first page lacks a question");
-    let q0 = html_escape::encode_text(&mathcoder_lce::record::read_jsonl::<OutputRecord>(Path::new(RELEASED_MATH)).unwrap()[0].record.question()).into_owned();
+    assert!(
+        first.contains("What is $1+1$?"),
+        "first page lacks a question"
+    );
+    let q0 = html_escape::encode_text(
+        &mathcoder_lce::record::read_jsonl::<OutputRecord>(Path::new(RELEASED_MATH)).unwrap()[0]
+            .record
+            .question(),
+    )
+    .into_owned();
     assert!(first.contains(&q0), "first page lacks the first question");
     // The list, rendered by the page.
     b.wait_for(
@@ -311,14 +320,21 @@ async fn browse_filter_open_compare_and_train() {
     )
     .await
     .unwrap();
-    b.wait_for("return document.getElementById('heatmap').naturalWidth > 0;", WAIT)
-        .await
-        .unwrap();
+    b.wait_for(
+        "return document.getElementById('heatmap').naturalWidth > 0;",
+        WAIT,
+    )
+    .await
+    .unwrap();
     shot(&b, "run").await;
 
     // Filter to wrong, geometry, level 5 (without reloading the page).
     js(&b, "window.__marker = 'same page';").await;
-    for (name, value) in [("verdict", "wrong"), ("subject", "geometry"), ("level", "5")] {
+    for (name, value) in [
+        ("verdict", "wrong"),
+        ("subject", "geometry"),
+        ("level", "5"),
+    ] {
         b.client
             .find(Locator::Css(&format!("select[name={name}]")))
             .await
@@ -357,10 +373,14 @@ async fn browse_filter_open_compare_and_train() {
         .await
         .unwrap();
     let ready = "return [!!document.querySelector('#main .katex'), !!document.querySelector('.block.execution'), !!document.querySelector('.block.code code.hljs'), location.hash];";
-    if b
-        .wait_for(&ready.replace("return [", "return ![").replace("];", "].slice(0, 3).includes(false);"), WAIT)
-        .await
-        .is_err()
+    if b.wait_for(
+        &ready
+            .replace("return [", "return ![")
+            .replace("];", "].slice(0, 3).includes(false);"),
+        WAIT,
+    )
+    .await
+    .is_err()
     {
         shot(&b, "problem-failed").await;
         panic!("problem view incomplete: {}", js(&b, ready).await);
@@ -421,7 +441,11 @@ async fn browse_filter_open_compare_and_train() {
     )
     .await
     .unwrap();
-    let head = js(&b, "return document.getElementById('log-header').innerText;").await;
+    let head = js(
+        &b,
+        "return document.getElementById('log-header').innerText;",
+    )
+    .await;
     assert!(head.as_str().unwrap().starts_with("30 steps"), "{head}");
     let lr = fetch_text(&b, &format!("{url}api/logs/0/lr.svg")).await;
     assert!(lr.contains("learning rate") && lr.contains("<polyline"));
@@ -438,7 +462,11 @@ async fn browse_filter_open_compare_and_train() {
     )
     .await
     .unwrap();
-    let counts = js(&b, "return document.getElementById('token-counts').innerText;").await;
+    let counts = js(
+        &b,
+        "return document.getElementById('token-counts').innerText;",
+    )
+    .await;
     assert!(counts.as_str().unwrap().contains("trained"), "{counts}");
     shot(&b, "training").await;
     b.close().await;
@@ -469,7 +497,10 @@ fn grade_cells(text: &str) -> Vec<(String, Vec<String>)> {
         .map(|l| {
             let fields: Vec<&str> = l.split_whitespace().collect();
             let n = fields.len();
-            (fields[..n - 6].join(" "), fields[n - 6..].iter().map(|s| s.to_string()).collect())
+            (
+                fields[..n - 6].join(" "),
+                fields[n - 6..].iter().map(|s| s.to_string()).collect(),
+            )
         })
         .collect()
 }
@@ -491,7 +522,10 @@ async fn model_written_markup_never_runs() {
     assert!(first.contains("&lt;script&gt;window.__xss=1&lt;/script&gt;"));
     let n = f.records - 1;
     b.wait_for(
-        &format!("return document.querySelectorAll('#run-list tbody tr').length === {};", f.records),
+        &format!(
+            "return document.querySelectorAll('#run-list tbody tr').length === {};",
+            f.records
+        ),
         WAIT,
     )
     .await
@@ -507,10 +541,7 @@ async fn model_written_markup_never_runs() {
     )
     .await
     .unwrap();
-    b.client
-        .goto(&format!("{url}#/run/0/p/{n}"))
-        .await
-        .unwrap();
+    b.client.goto(&format!("{url}#/run/0/p/{n}")).await.unwrap();
     b.wait_for("return document.querySelector('.block.execution');", WAIT)
         .await
         .unwrap();
@@ -524,7 +555,10 @@ async fn model_written_markup_never_runs() {
         "<img src=x onerror=window.__xss=8>",
         "<script>window.__xss=12</script>",
     ] {
-        assert!(text.contains(shown), "{shown} not shown as text in:\n{text}");
+        assert!(
+            text.contains(shown),
+            "{shown} not shown as text in:\n{text}"
+        );
     }
     assert_eq!(js(&b, "return typeof window.__xss;").await, "undefined");
     assert_eq!(

@@ -225,30 +225,61 @@ async function runView(r, params) {
   });
 }
 
+// The list is fetched and rendered a page at a time; the next page comes when the end of the
+// table scrolls into view (or "show more" is clicked), so any run opens as fast as a short one.
+const PAGE = 200;
+
+function listRow(r, p) {
+  const flags = el('td', {});
+  if (p.traceback) flags.appendChild(el('span', { class: 'tag tb' }, 'traceback'));
+  if (p.timed_out) flags.appendChild(el('span', { class: 'tag to' }, 'timeout'));
+  if (p.stop && p.stop !== 'end_of_message') flags.appendChild(el('span', { class: 'tag' }, p.stop));
+  if (p.authors !== null && p.authors !== p.correct) flags.appendChild(el('span', { class: 'tag' }, 'authors: ' + (p.authors ? 'correct' : 'wrong')));
+  return el('tr', { class: 'row', 'data-n': p.n },
+    el('td', {}, String(p.n)),
+    el('td', {}, el('a', { href: `#/run/${r}/p/${p.n}` }, p.id || '(no id)')),
+    el('td', {}, verdict(p.correct)),
+    el('td', {}, `${p.extracted === null ? '—' : p.extracted} (${p.gold})`),
+    el('td', {}, p.subject ? `${p.subject} L${p.level ?? '?'}` : ''),
+    el('td', {}, String(p.code_blocks)),
+    flags,
+    el('td', { class: 'question' }, p.question));
+}
+
 async function refreshList(r, filters) {
-  const list = await getJSON(`/api/runs/${r}/problems` + qs(filters));
+  const generation = (state.listGeneration = (state.listGeneration || 0) + 1);
+  const list = await getJSON(`/api/runs/${r}/problems` + qs({ ...filters, limit: PAGE }));
+  if (generation !== state.listGeneration) return 'superseded';
   const tbody = document.getElementById('run-list').tBodies[0];
   const frag = document.createDocumentFragment();
-  for (const p of list.rows) {
-    const flags = el('td', {});
-    if (p.traceback) flags.appendChild(el('span', { class: 'tag tb' }, 'traceback'));
-    if (p.timed_out) flags.appendChild(el('span', { class: 'tag to' }, 'timeout'));
-    if (p.stop && p.stop !== 'end_of_message') flags.appendChild(el('span', { class: 'tag' }, p.stop));
-    if (p.authors !== null && p.authors !== p.correct) flags.appendChild(el('span', { class: 'tag' }, 'authors: ' + (p.authors ? 'correct' : 'wrong')));
-    frag.appendChild(el('tr', { class: 'row', 'data-n': p.n },
-      el('td', {}, String(p.n)),
-      el('td', {}, el('a', { href: `#/run/${r}/p/${p.n}` }, p.id || '(no id)')),
-      el('td', {}, verdict(p.correct)),
-      el('td', {}, `${p.extracted === null ? '—' : p.extracted} (${p.gold})`),
-      el('td', {}, p.subject ? `${p.subject} L${p.level ?? '?'}` : ''),
-      el('td', {}, String(p.code_blocks)),
-      flags,
-      el('td', { class: 'question' }, p.question)));
-  }
+  for (const p of list.rows) frag.appendChild(listRow(r, p));
   tbody.replaceChildren(frag);
   const pct = list.matched ? (100 * list.matched_correct / list.matched).toFixed(1) : '0.0';
-  document.getElementById('list-count').textContent = `${list.matched} of ${list.total} shown, ${list.matched_correct} correct (${pct}%)`;
-  return `${list.matched} rows`;
+  document.getElementById('list-count').textContent = `${list.matched} of ${list.total} match, ${list.matched_correct} correct (${pct}%)`;
+  let shown = list.rows.length;
+  const old = document.getElementById('more');
+  if (old) old.remove();
+  if (shown < list.matched) {
+    const more = el('button', { class: 'more', id: 'more', type: 'button' }, `show more (${list.matched - shown} left)`);
+    let loading = false;
+    const loadMore = async () => {
+      if (loading || generation !== state.listGeneration) return;
+      loading = true;
+      const next = await getJSON(`/api/runs/${r}/problems` + qs({ ...filters, offset: shown, limit: PAGE }));
+      if (generation !== state.listGeneration) return;
+      const f = document.createDocumentFragment();
+      for (const p of next.rows) f.appendChild(listRow(r, p));
+      tbody.appendChild(f);
+      shown += next.rows.length;
+      if (shown >= list.matched) { more.remove(); observer.disconnect(); } else more.textContent = `show more (${list.matched - shown} left)`;
+      loading = false;
+    };
+    more.addEventListener('click', loadMore);
+    const observer = new IntersectionObserver(entries => { if (entries.some(e => e.isIntersecting)) loadMore(); });
+    document.getElementById('run-list').after(more);
+    observer.observe(more);
+  }
+  return `${list.matched} rows, ${shown} rendered`;
 }
 
 // ---- a problem ----

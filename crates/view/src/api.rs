@@ -156,18 +156,21 @@ async fn sources(State(ix): State<Shared>) -> Json<serde_json::Value> {
         .iter()
         .map(|(p, why)| json!({"path": p.display().to_string(), "why": why}))
         .collect();
-    Json(json!({"runs": runs, "training": training, "logs": logs, "skipped": skipped,
-                "tokenizer": ix.tokenizer.is_some()}))
+    Json(
+        json!({"runs": runs, "training": training, "logs": logs, "skipped": skipped,
+                "tokenizer": ix.tokenizer.is_some()}),
+    )
 }
 
-fn run(ix: &Index, r: usize) -> Result<&Run, Response> {
-    ix.runs.get(r).ok_or_else(|| not_found("run"))
+/// Run `r`, or the 404 to answer with (boxed: a response is large).
+fn run(ix: &Index, r: usize) -> Result<&Run, Box<Response>> {
+    ix.runs.get(r).ok_or_else(|| Box::new(not_found("run")))
 }
 
 async fn run_summary(State(ix): State<Shared>, Path(r): Path<usize>) -> Response {
     let run = match run(&ix, r) {
         Ok(x) => x,
-        Err(e) => return e,
+        Err(e) => return *e,
     };
     let rep = &run.report;
     let mut subjects: Vec<&str> = run
@@ -207,7 +210,7 @@ async fn run_problems(
 ) -> Response {
     match run(&ix, r) {
         Ok(run) => Json(query::list(run, &f)).into_response(),
-        Err(e) => e,
+        Err(e) => *e,
     }
 }
 
@@ -267,7 +270,7 @@ fn detail<'a>(r: usize, run: &'a Run, p: &'a Problem) -> Detail<'a> {
 async fn run_problem(State(ix): State<Shared>, Path((r, n)): Path<(usize, usize)>) -> Response {
     let run = match run(&ix, r) {
         Ok(x) => x,
-        Err(e) => return e,
+        Err(e) => return *e,
     };
     match run.problems.get(n) {
         Some(p) => Json(detail(r, run, p)).into_response(),
@@ -281,14 +284,14 @@ async fn run_heatmap(State(ix): State<Shared>, Path(r): Path<usize>) -> Response
             Some(t) => svg_response(svg::heatmap(t)),
             None => not_found("MATH table (not a MATH run)"),
         },
-        Err(e) => e,
+        Err(e) => *e,
     }
 }
 
 async fn run_code_blocks(State(ix): State<Shared>, Path(r): Path<usize>) -> Response {
     match run(&ix, r) {
         Ok(run) => svg_response(svg::by_code_blocks(&run.problems)),
-        Err(e) => e,
+        Err(e) => *e,
     }
 }
 
@@ -305,7 +308,7 @@ async fn compare(
 ) -> Response {
     let (ra, rb) = match (run(&ix, a), run(&ix, b)) {
         (Ok(x), Ok(y)) => (x, y),
-        (Err(e), _) | (_, Err(e)) => return e,
+        (Err(e), _) | (_, Err(e)) => return *e,
     };
     let differ = matches!(q.differ.as_deref(), Some("1") | Some("yes") | Some("true"));
     Json(query::compare(ra, rb, differ)).into_response()
@@ -317,7 +320,7 @@ async fn compare_pair(
 ) -> Response {
     let (ra, rb) = match (run(&ix, a), run(&ix, b)) {
         (Ok(x), Ok(y)) => (x, y),
-        (Err(e), _) | (_, Err(e)) => return e,
+        (Err(e), _) | (_, Err(e)) => return *e,
     };
     let (Some(pa), Some(pb)) = (ra.problems.get(na), rb.problems.get(nb)) else {
         return not_found("problem");
@@ -372,10 +375,7 @@ async fn training(State(ix): State<Shared>, Path(t): Path<usize>) -> Response {
     .into_response()
 }
 
-async fn training_record(
-    State(ix): State<Shared>,
-    Path((t, n)): Path<(usize, usize)>,
-) -> Response {
+async fn training_record(State(ix): State<Shared>, Path((t, n)): Path<(usize, usize)>) -> Response {
     let Some(f) = ix.training.get(t) else {
         return not_found("training file");
     };
@@ -411,7 +411,9 @@ async fn training_record(
 
 async fn log(State(ix): State<Shared>, Path(l): Path<usize>) -> Response {
     match ix.logs.get(l) {
-        Some(g) => Json(json!({"path": g.path.display().to_string(), "steps": g.steps})).into_response(),
+        Some(g) => {
+            Json(json!({"path": g.path.display().to_string(), "steps": g.steps})).into_response()
+        }
         None => not_found("training log"),
     }
 }

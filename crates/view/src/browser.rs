@@ -108,14 +108,14 @@ impl Browser {
         let port = free_port()?;
         let driver = Driver(
             Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|source| BrowserError::Spawn {
-                what: CHROMEDRIVER.into(),
-                source,
-            })?,
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|source| BrowserError::Spawn {
+                    what: CHROMEDRIVER.into(),
+                    source,
+                })?,
         );
         let profile = scratch.join(format!("chromium-profile-{port}"));
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -155,10 +155,8 @@ impl Browser {
         let deadline = Instant::now() + timeout;
         loop {
             let v = self.client.execute(script, vec![]).await?;
-            let truthy = !matches!(
-                v,
-                serde_json::Value::Null | serde_json::Value::Bool(false)
-            ) && v != serde_json::json!(0)
+            let truthy = !matches!(v, serde_json::Value::Null | serde_json::Value::Bool(false))
+                && v != serde_json::json!(0)
                 && v != serde_json::json!("");
             if truthy {
                 return Ok(v);

@@ -251,18 +251,15 @@ impl Index {
                     run_records.push(n.record.clone());
                 }
             }
-            let summary = run_records
-                .iter()
-                .find_map(|r| r.run.as_ref())
-                .map(|info| {
-                    summarize(
-                        &run_records,
-                        &info.dataset,
-                        &info.backend,
-                        report.dataset,
-                        &grader,
-                    )
-                });
+            let summary = run_records.iter().find_map(|r| r.run.as_ref()).map(|info| {
+                summarize(
+                    &run_records,
+                    &info.dataset,
+                    &info.backend,
+                    report.dataset,
+                    &grader,
+                )
+            });
             runs.push(Run {
                 name: report.name.clone(),
                 files: idx.iter().map(|&i| scores[i].path.clone()).collect(),

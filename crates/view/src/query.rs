@@ -25,6 +25,9 @@ pub struct Filter {
     pub code: Option<String>,
     /// Case-insensitive text search in the question and the solution.
     pub q: Option<String>,
+    /// Rows to skip and to return (a page of the matches; default: all).
+    pub offset: Option<usize>,
+    pub limit: Option<usize>,
 }
 
 fn yes_no(v: &Option<String>) -> Option<bool> {
@@ -38,7 +41,8 @@ fn yes_no(v: &Option<String>) -> Option<bool> {
 impl Filter {
     /// Whether `p` passes.
     pub fn matches(&self, p: &Problem, needle: Option<&str>) -> bool {
-        let nonempty = |s: &Option<String>| s.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
+        let nonempty =
+            |s: &Option<String>| s.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
         if let Some(v) = nonempty(&self.verdict) {
             if (v == "correct") != p.correct {
                 return false;
@@ -144,29 +148,34 @@ impl<'a> Row<'a> {
     }
 }
 
-/// A filtered list.
+/// A filtered list: counts over all matches, and the page of rows asked for.
 #[derive(Clone, Debug, Serialize)]
 pub struct List<'a> {
     pub total: usize,
     pub matched: usize,
     pub matched_correct: usize,
+    pub offset: usize,
     pub rows: Vec<Row<'a>>,
 }
 
 /// The problems of `run` that pass `f`, in run order.
 pub fn list<'a>(run: &'a Run, f: &Filter) -> List<'a> {
     let needle = f.needle();
-    let rows: Vec<Row> = run
+    let matched: Vec<&Problem> = run
         .problems
         .iter()
         .filter(|p| f.matches(p, needle.as_deref()))
-        .map(Row::of)
         .collect();
+    let offset = f.offset.unwrap_or(0).min(matched.len());
+    let end = offset
+        .saturating_add(f.limit.unwrap_or(usize::MAX))
+        .min(matched.len());
     List {
         total: run.problems.len(),
-        matched: rows.len(),
-        matched_correct: rows.iter().filter(|r| r.correct).count(),
-        rows,
+        matched: matched.len(),
+        matched_correct: matched.iter().filter(|p| p.correct).count(),
+        offset,
+        rows: matched[offset..end].iter().map(|p| Row::of(p)).collect(),
     }
 }
 

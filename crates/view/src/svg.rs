@@ -131,7 +131,7 @@ pub fn by_code_blocks(problems: &[Problem]) -> String {
     for k in 0..=LAST {
         let x = left + k as usize * bw;
         let (c, n) = buckets.get(&k).copied().unwrap_or((0, 0));
-        let h = if n == 0 { 0 } else { plot_h * c / n };
+        let h = (plot_h * c).checked_div(n).unwrap_or(0);
         let label = if k == LAST {
             format!("{LAST}+")
         } else {
