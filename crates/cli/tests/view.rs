@@ -283,6 +283,16 @@ async fn fetch_text(b: &Browser, url: &str) -> String {
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Waits until `css` matches `n` elements.
+async fn wait_rows(b: &Browser, css: &str, n: usize) {
+    b.wait_for(
+        &format!("return document.querySelectorAll('{css}').length === {n};"),
+        WAIT,
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browse_filter_open_compare_and_train() {
     if skip() {
@@ -311,15 +321,7 @@ async fn browse_filter_open_compare_and_train() {
     .into_owned();
     assert!(first.contains(&q0), "first page lacks the first question");
     // The list, rendered by the page.
-    b.wait_for(
-        &format!(
-            "return document.querySelectorAll('#run-list tbody tr').length === {};",
-            f.records
-        ),
-        WAIT,
-    )
-    .await
-    .unwrap();
+    wait_rows(&b, "#run-list tbody tr", f.records).await;
     b.wait_for(
         "return document.getElementById('heatmap').naturalWidth > 0;",
         WAIT,
@@ -396,15 +398,7 @@ async fn browse_filter_open_compare_and_train() {
         .goto(&format!("{url}#/compare/0/1?differ=1"))
         .await
         .unwrap();
-    b.wait_for(
-        &format!(
-            "return document.querySelectorAll('#compare-list tbody tr').length === {};",
-            f.differ.len()
-        ),
-        WAIT,
-    )
-    .await
-    .unwrap();
+    wait_rows(&b, "#compare-list tbody tr", f.differ.len()).await;
     b.client
         .find(Locator::Css("#compare-list tbody tr td a"))
         .await
@@ -521,26 +515,13 @@ async fn model_written_markup_never_runs() {
     assert!(!first.contains("<img src=x"));
     assert!(first.contains("&lt;script&gt;window.__xss=1&lt;/script&gt;"));
     let n = f.records - 1;
-    b.wait_for(
-        &format!(
-            "return document.querySelectorAll('#run-list tbody tr').length === {};",
-            f.records
-        ),
-        WAIT,
-    )
-    .await
-    .unwrap();
+    wait_rows(&b, "#run-list tbody tr", f.records).await;
     // Search for it, open it, and let every image error and handler have its chance.
     b.client
         .goto(&format!("{url}#/run/0?q=__xss"))
         .await
         .unwrap();
-    b.wait_for(
-        "return document.querySelectorAll('#run-list tbody tr').length === 1;",
-        WAIT,
-    )
-    .await
-    .unwrap();
+    wait_rows(&b, "#run-list tbody tr", 1).await;
     b.client.goto(&format!("{url}#/run/0/p/{n}")).await.unwrap();
     b.wait_for("return document.querySelector('.block.execution');", WAIT)
         .await
