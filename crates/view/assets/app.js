@@ -296,7 +296,7 @@ function answers(p) {
   if (p.timings) {
     const t = p.timings;
     add('timings', `${t.rounds} rounds, ${t.generated_tokens} tokens; total ${t.total_ms.toFixed(0)} ms = generate ${t.generate_ms.toFixed(0)} ms + execute ${t.execute_ms.toFixed(0)} ms` +
-      (t.rounds ? ` (per round: ${(t.total_ms / t.rounds).toFixed(0)} ms)` : '') + ` · ${t.backend}`);
+      (t.rounds ? ` (mean per round: ${(t.total_ms / t.rounds).toFixed(0)} ms)` : '') + ` · ${t.backend}`);
   }
   add('source', `${p.file}:${p.line}`);
   return dl;
