@@ -9,3 +9,4 @@ pub mod replay;
 pub mod runtime;
 pub mod sandbox;
 pub mod train;
+pub mod view;

@@ -1,7 +1,7 @@
 //! `mathcoder-bench`: speed figures (what `mathcoder bench ...` runs), and the replay server.
 
 use clap::{Parser, Subcommand};
-use mathcoder_bench::{data, engine, grade, replay, runtime, sandbox, train};
+use mathcoder_bench::{data, engine, grade, replay, runtime, sandbox, train, view};
 use mathcoder_cli::args::{GradeArgs, SandboxArgs};
 use std::path::PathBuf;
 
@@ -56,6 +56,9 @@ enum Bench {
         #[command(flatten)]
         grading: GradeArgs,
     },
+    /// The results browser (`mathcoder view`) in headless Chromium: opening and filtering a
+    /// run (MathCoder-L-7B's MATH outputs, and them repeated to 5,000 records).
+    View(view::ViewBenchArgs),
     /// Serve recorded MathCoder blocks over the TGI and OpenAI protocols (tests, benchmarks).
     ReplayServer(replay::ReplayArgs),
 }
@@ -79,6 +82,7 @@ fn main() {
             grading,
         } => grade::grade(dir, passes, grading),
         Bench::ReplayServer(a) => replay::replay(a),
+        Bench::View(a) => view::view(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -50,6 +50,9 @@ enum Command {
     /// Write a full Hugging Face checkpoint for other trainers and the engine: the base with
     /// MathCoder's tokens added (rows = mean), or with --adapter a LoRA checkpoint merged in.
     PrepareModel(commands::train::PrepareModelArgs),
+    /// Browse runs, released outputs, training data and training logs in a local web page
+    /// (read-only; loopback and a free port by default; the URL is printed).
+    View(commands::view::Args),
 }
 
 fn main() {
@@ -71,6 +74,7 @@ fn main() {
         Command::Data(a) => commands::data::run(a),
         Command::Inspect(a) => commands::train::inspect(a),
         Command::PrepareModel(a) => commands::train::prepare_model(a),
+        Command::View(a) => commands::view::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -60,12 +60,7 @@ impl SolutionStats {
             s.chars += b.content.chars().count() as u32;
             match b.kind {
                 BlockKind::Code => s.code_blocks += 1,
-                BlockKind::Execution
-                    if b.content.contains("Traceback (most recent call last)")
-                        || is_error_output(&b.content) =>
-                {
-                    s.errors += 1
-                }
+                BlockKind::Execution if is_error_execution(&b.content) => s.errors += 1,
                 _ => {}
             }
         }
@@ -73,9 +68,11 @@ impl SolutionStats {
     }
 }
 
-/// IPython tracebacks of syntax errors have no "Traceback" header.
-fn is_error_output(s: &str) -> bool {
-    s.starts_with("Cell In[")
+/// Whether an execution block's output is an error (the authors' error count): a Python
+/// traceback, or IPython's form of one without the "Traceback" header (syntax errors).
+pub fn is_error_execution(s: &str) -> bool {
+    s.contains("Traceback (most recent call last)")
+        || s.starts_with("Cell In[")
         || s.lines().last().is_some_and(|l| {
             let head = l.split(':').next().unwrap_or("");
             head.ends_with("Error") && !head.contains(' ')

@@ -5,10 +5,13 @@ use std::sync::OnceLock;
 
 use crate::protocol::RawReply;
 
+/// The message in [`timeout_text`] (what tells a timed-out execution apart).
+pub const TIMEOUT_MESSAGE: &str = "Timeout waiting for reply";
+
 /// What MathCoder's executor gave the model when a reply took longer than 6 s (not stripped).
 pub fn timeout_text() -> String {
     format!(
-        "{} Timeout waiting for reply{}Traceback (most recent call last) ",
+        "{} {TIMEOUT_MESSAGE}{}Traceback (most recent call last) ",
         "-".repeat(75),
         " ".repeat(32)
     )

@@ -16,9 +16,10 @@ pub struct Shown {
     pub masked: usize,
 }
 
-/// Shows `inst` (see the module docs).
-pub fn show(tok: &TrainTokenizer, inst: &Instance, color: bool) -> Result<Shown, TrainError> {
-    let mut text = String::new();
+/// The instance as runs of tokens with the same mask, decoded: `(text, trained)`, in order
+/// (their texts joined are the rendered text).
+pub fn runs(tok: &TrainTokenizer, inst: &Instance) -> Result<Vec<(String, bool)>, TrainError> {
+    let mut out = Vec::new();
     let mut start = 0;
     while start < inst.ids.len() {
         let target = inst.targets.get(start).copied().unwrap_or(false);
@@ -26,7 +27,16 @@ pub fn show(tok: &TrainTokenizer, inst: &Instance, color: bool) -> Result<Shown,
         while end < inst.ids.len() && inst.targets.get(end).copied().unwrap_or(false) == target {
             end += 1;
         }
-        let run = tok.decode(&inst.ids[start..end])?;
+        out.push((tok.decode(&inst.ids[start..end])?, target));
+        start = end;
+    }
+    Ok(out)
+}
+
+/// Shows `inst` (see the module docs).
+pub fn show(tok: &TrainTokenizer, inst: &Instance, color: bool) -> Result<Shown, TrainError> {
+    let mut text = String::new();
+    for (run, target) in runs(tok, inst)? {
         match (target, color) {
             (true, _) => text.push_str(&run),
             (false, true) => {
@@ -40,7 +50,6 @@ pub fn show(tok: &TrainTokenizer, inst: &Instance, color: bool) -> Result<Shown,
                 text.push_str("]]");
             }
         }
-        start = end;
     }
     let trained = inst.target_count();
     Ok(Shown {

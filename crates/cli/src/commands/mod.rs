@@ -9,3 +9,4 @@ pub mod run;
 pub mod sandbox;
 pub mod table2;
 pub mod train;
+pub mod view;
