@@ -297,7 +297,7 @@ async fn one<T: Teacher>(
             Provenance {
                 source: config.source.clone(),
                 problem_id: p.id.clone(),
-                parents: Vec::new(),
+                parents: p.parents.clone(),
                 teacher: name.to_string(),
                 sample: *s,
                 seed: *seed,
@@ -397,6 +397,7 @@ mod tests {
             subject: None,
             level: None,
             solution: None,
+            parents: vec![format!("{id}-easy"), format!("{id}-hard")],
         }
     }
 
@@ -436,6 +437,10 @@ mod tests {
             .collect();
         assert_eq!(kept.len(), 3, "all three agreeing solutions of `same`");
         assert!(kept.iter().all(|r| r.provenance.problem_id == "same"));
+        // An interpolated problem's parents travel into every kept solution's provenance.
+        assert!(kept
+            .iter()
+            .all(|r| r.provenance.parents == ["same-easy", "same-hard"]));
         assert_eq!(kept[2].provenance.seed, Some(9));
         // A crash after a problem's data lines and before its attempt line: the lines go.
         let mut orphan = kept[0].clone();

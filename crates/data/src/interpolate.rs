@@ -153,9 +153,8 @@ struct InterpolateIdentity {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InterpolatedProblem {
     #[serde(flatten)]
+    /// Its `parents` are the GSM8K train and MATH train problems it was made from (their ids).
     pub problem: Problem,
-    /// The GSM8K train and MATH train problems it was made from (their ids).
-    pub parents: Vec<String>,
     /// Which pair of the run it came from.
     pub pair: usize,
     pub generator: String,
@@ -350,8 +349,8 @@ pub async fn interpolate(
                                         subject: None,
                                         level: None,
                                         solution: None,
+                                        parents,
                                     },
-                                    parents,
                                     pair: k,
                                     generator: generator.to_string(),
                                 };
@@ -607,7 +606,7 @@ pub async fn judge(
         if done.contains(&p.problem.id) {
             continue;
         }
-        let [easy, hard] = p.parents.as_slice() else {
+        let [easy, hard] = p.problem.parents.as_slice() else {
             return Err(DataError::Invalid(format!(
                 "problem {:?} does not have two parents (GSM8K train, MATH train)",
                 p.problem.id
@@ -653,7 +652,7 @@ pub async fn judge(
                 };
                 let j = Judgment {
                     problem_id: p.problem.id.clone(),
-                    parents: p.parents.clone(),
+                    parents: p.problem.parents.clone(),
                     vs_easy: cmp(0),
                     vs_hard: cmp(2),
                     picks,

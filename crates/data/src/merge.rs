@@ -631,6 +631,7 @@ mod tests {
             subject: None,
             level: None,
             solution: None,
+            parents: Vec::new(),
         }
     }
 

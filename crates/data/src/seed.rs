@@ -586,7 +586,7 @@ fn judge(
         Provenance {
             source: config.source.clone(),
             problem_id: p.id.clone(),
-            parents: Vec::new(),
+            parents: p.parents.clone(),
             teacher: teacher.to_string(),
             sample,
             seed,
@@ -734,6 +734,7 @@ mod tests {
             subject: None,
             level: None,
             solution: None,
+            parents: Vec::new(),
         }
     }
 

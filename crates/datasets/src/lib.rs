@@ -74,6 +74,10 @@ pub struct Problem {
     pub level: Option<u8>,
     /// The reference solution, when the dataset has one.
     pub solution: Option<String>,
+    /// The problems this one was made from (problem interpolation: the GSM8K train and MATH
+    /// train parents' ids); empty for benchmark problems.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<String>,
 }
 
 impl Problem {
@@ -435,6 +439,7 @@ fn problem_from_value(v: Value, dataset: &str, index: usize) -> Result<Problem, 
             subject: None,
             level: None,
             solution: r.ground_truth.solution.filter(|s| !s.is_empty()),
+            parents: Vec::new(),
         });
     }
     if v.get("dataset").is_some()
@@ -464,6 +469,7 @@ fn problem_from_value(v: Value, dataset: &str, index: usize) -> Result<Problem, 
                 subject: None,
                 level: None,
                 solution: text_of(&v, solution),
+                parents: Vec::new(),
             });
         }
     }
@@ -478,6 +484,7 @@ fn problem_from_value(v: Value, dataset: &str, index: usize) -> Result<Problem, 
             subject: None,
             level: None,
             solution: text_of(&v, "code"),
+            parents: Vec::new(),
         });
     }
     // GSM8K original / generic: question + answer (with `#### `).
@@ -514,6 +521,7 @@ fn problem_from_value(v: Value, dataset: &str, index: usize) -> Result<Problem, 
             subject,
             level,
             solution,
+            parents: Vec::new(),
         });
     }
     Err("unrecognised record format (expected messages/ground_truth, question/answer, body/question, input/target)".into())

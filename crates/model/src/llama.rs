@@ -110,7 +110,11 @@ impl Block {
             LayerWeight::Gate => Some(&mut self.gate),
             LayerWeight::Up => Some(&mut self.up),
             LayerWeight::Down => Some(&mut self.down),
-            LayerWeight::AttnNorm | LayerWeight::MlpNorm => None,
+            LayerWeight::AttnNorm
+            | LayerWeight::MlpNorm
+            | LayerWeight::QBias
+            | LayerWeight::KBias
+            | LayerWeight::VBias => None,
         }
     }
 }
@@ -145,6 +149,14 @@ impl Llama {
     /// initialisation. Any other backend (safetensors files, ...) only reads tensors.
     pub fn new(config: &ModelConfig, vb: VarBuilder) -> Result<Llama, ModelError> {
         config.check()?;
+        if config.architecture.qkv_bias() {
+            // The training forward has no projection biases: refuse rather than train a
+            // different model silently.
+            return Err(ModelError::Config(format!(
+                "the differentiable model supports Llama-shaped configs only; {:?} has q/k/v biases",
+                config.architecture
+            )));
+        }
         let get = |w: Weight| -> Result<Tensor, ModelError> {
             vb.get_with_hints(w.shape(config), &w.hf_name(), init(w))
                 .map_err(|e| ModelError::Load(format!("{}: {e}", w.hf_name())))

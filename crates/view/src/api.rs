@@ -79,6 +79,11 @@ async fn first_page(State(ix): State<Shared>) -> Html<String> {
     Html(assets::page_template().replace("{{FIRST}}", &first_view(&ix)))
 }
 
+/// How many problems the first page lists before the script takes over (it fetches the list
+/// 200 rows at a time as you scroll); past that the page says how many more there are, so that
+/// a 5,000-record run still opens at once.
+const FIRST_VIEW_ROWS: usize = 200;
+
 fn first_view(ix: &Index) -> String {
     let mut o = String::new();
     if let Some(run) = ix.runs.first() {
@@ -90,7 +95,7 @@ fn first_view(ix: &Index) -> String {
             run.report.correct,
             100.0 * run.report.accuracy()
         );
-        for p in &run.problems {
+        for p in run.problems.iter().take(FIRST_VIEW_ROWS) {
             let _ = write!(
                 o,
                 r##"<tr><td>{}</td><td><a href="#/run/0/p/{}">{}</a></td><td class="{}">{}</td><td class="question">{}</td></tr>"##,
@@ -102,14 +107,22 @@ fn first_view(ix: &Index) -> String {
                 esc(&p.question)
             );
         }
-        o.push_str("</tbody></table></section>");
+        o.push_str("</tbody></table>");
+        if run.problems.len() > FIRST_VIEW_ROWS {
+            let _ = write!(
+                o,
+                r#"<p class="more">and {} more problems</p>"#,
+                run.problems.len() - FIRST_VIEW_ROWS
+            );
+        }
+        o.push_str("</section>");
     } else if let Some(t) = ix.training.first() {
         let _ = write!(
             o,
             r#"<section><h2>{}</h2><table class="problems"><tbody>"#,
             esc(&t.path.display().to_string())
         );
-        for (i, c) in t.conversations.iter().enumerate() {
+        for (i, c) in t.conversations.iter().enumerate().take(FIRST_VIEW_ROWS) {
             let _ = write!(
                 o,
                 r##"<tr><td><a href="#/training/0/{i}">{i}</a></td><td class="question">{}</td></tr>"##,
