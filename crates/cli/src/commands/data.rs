@@ -148,23 +148,8 @@ pub struct DistillArgs {
 }
 
 fn distill(a: DistillArgs) -> Result<i32> {
-    let set = mathcoder_datasets::resolve(&a.problems)?;
-    let (name, mut problems) = (set.name, set.problems);
-    let conventions = a
-        .conventions
-        .or(set.conventions)
-        .unwrap_or(Dataset::Generic);
-    if let Some(k) = a.limit {
-        problems.truncate(k);
-    }
-    if problems.is_empty() {
-        bail!("no problems to run");
-    }
-    match a.teacher {
-        TeacherKind::Lce => a.backend.spec(a.concurrency).check_listening()?,
-        TeacherKind::Chat => a.backend.spec(a.concurrency).check_chat_listening()?,
-        TeacherKind::Annotations => {}
-    }
+    let (name, problems, conventions) = super::load_problems(&a.problems, a.conventions, a.limit)?;
+    check_teacher(a.teacher, &a.backend, a.concurrency)?;
     let sandbox = a.sandbox.sandbox()?;
     let grader = Arc::new(Grader::new(a.grading.options()));
     let solve = a.looping.config();
@@ -286,24 +271,9 @@ pub fn run(a: Args) -> Result<i32> {
 }
 
 fn seed(a: SeedArgs) -> Result<i32> {
-    let set = mathcoder_datasets::resolve(&a.source)?;
-    let (name, mut problems) = (set.name, set.problems);
-    let conventions = a
-        .conventions
-        .or(set.conventions)
-        .unwrap_or(Dataset::Generic);
-    if let Some(k) = a.limit {
-        problems.truncate(k);
-    }
-    if problems.is_empty() {
-        bail!("no problems to run");
-    }
+    let (name, problems, conventions) = super::load_problems(&a.source, a.conventions, a.limit)?;
     // Nothing listening: say so at once, before the sandbox is prepared.
-    match a.teacher {
-        TeacherKind::Lce => a.backend.spec(a.concurrency).check_listening()?,
-        TeacherKind::Chat => a.backend.spec(a.concurrency).check_chat_listening()?,
-        TeacherKind::Annotations => {}
-    }
+    check_teacher(a.teacher, &a.backend, a.concurrency)?;
     let sandbox = a.sandbox.sandbox()?;
     let grader = Arc::new(Grader::new(a.grading.options()));
     let solve = a.looping.config();
@@ -515,4 +485,15 @@ fn stats(a: StatsArgs) -> Result<i32> {
         report.token_unit
     )?;
     Ok(0)
+}
+
+/// Nothing listening where the teacher should be: say so at once, before the sandbox is
+/// prepared.
+fn check_teacher(teacher: TeacherKind, backend: &BackendArgs, concurrency: usize) -> Result<()> {
+    match teacher {
+        TeacherKind::Lce => backend.spec(concurrency).check_listening()?,
+        TeacherKind::Chat => backend.spec(concurrency).check_chat_listening()?,
+        TeacherKind::Annotations => {}
+    }
+    Ok(())
 }

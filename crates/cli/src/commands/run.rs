@@ -132,18 +132,7 @@ pub struct EvalArgs {
 }
 
 pub fn eval(a: EvalArgs) -> Result<i32> {
-    let set = mathcoder_datasets::resolve(&a.dataset)?;
-    let (name, mut problems) = (set.name, set.problems);
-    let conventions = a
-        .conventions
-        .or(set.conventions)
-        .unwrap_or(Dataset::Generic);
-    if let Some(k) = a.limit {
-        problems.truncate(k);
-    }
-    if problems.is_empty() {
-        bail!("no problems to run");
-    }
+    let (name, problems, conventions) = super::load_problems(&a.dataset, a.conventions, a.limit)?;
     // Nothing listening at the start: say so at once, rather than failing every problem.
     let (backend, sandbox, solve) = a.run.prepare(a.concurrency)?;
     let grader = Arc::new(Grader::new(a.grading.options()));
