@@ -299,8 +299,21 @@ async fn browse_filter_open_compare_and_train() {
         return;
     }
     let f = fixture();
+    // An audit's differing cells, as `mathcoder audit --differences FILE` writes them.
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit = audit_dir.path().join("differences.jsonl");
+    let d = mathcoder_sandbox::audit::Difference {
+        file: "MATH_test-correct.jsonl".into(),
+        line: 7,
+        cell: 2,
+        class: mathcoder_sandbox::audit::CellClass::ErrorMessage,
+        code: "import math\nmath.sqrt(-1)".into(),
+        ours: "ValueError: expected a nonnegative input, got -1.0".into(),
+        recorded: "ValueError: math domain error".into(),
+    };
+    std::fs::write(&audit, serde_json::to_string(&d).unwrap() + "\n").unwrap();
     let (_server, url) = view_server(
-        &[&f.run_a, &f.run_b, &f.training, &f.train_out],
+        &[&f.run_a, &f.run_b, &f.training, &f.train_out, &audit],
         &["--model", TINY_MODEL],
     );
     let scratch = tempfile::tempdir().unwrap();
@@ -444,6 +457,46 @@ async fn browse_filter_open_compare_and_train() {
     let lr = fetch_text(&b, &format!("{url}api/logs/0/lr.svg")).await;
     assert!(lr.contains("learning rate") && lr.contains("<polyline"));
     shot(&b, "log").await;
+
+    // Audit differences: the cell's code highlighted, our output beside the recorded one.
+    b.client.goto(&format!("{url}#/audit/0")).await.unwrap();
+    b.wait_for(
+        "return document.querySelector('#audit-list .audit pre code.hljs');",
+        WAIT,
+    )
+    .await
+    .unwrap();
+    let audit_text = js(
+        &b,
+        "return [document.getElementById('audit-header').innerText, document.querySelector('#audit-list .ours').innerText, document.querySelector('#audit-list .recorded').innerText];",
+    )
+    .await;
+    assert_eq!(
+        audit_text,
+        serde_json::json!([
+            "1 differing cells · error_message 1",
+            "ValueError: expected a nonnegative input, got -1.0",
+            "ValueError: math domain error"
+        ])
+    );
+    shot(&b, "audit").await;
+
+    // A training file with its data report (`mathcoder data stats`): two kept solutions from
+    // source math-train.
+    b.client.goto(&format!("{url}#/training/0")).await.unwrap();
+    b.wait_for(
+        "return document.querySelector('#data-report tbody tr');",
+        WAIT,
+    )
+    .await
+    .unwrap();
+    let report = js(
+        &b,
+        "return [...document.querySelectorAll('#data-report tbody tr:first-child td')].map(td => td.innerText);",
+    )
+    .await;
+    assert_eq!(report[0], "math-train", "{report}");
+    assert_eq!(report[5], "2", "kept: {report}");
 
     // A training record with its trained and masked tokens.
     b.client

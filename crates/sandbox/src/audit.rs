@@ -9,7 +9,7 @@
 use mathcoder_lce::record::{read_jsonl, OutputRecord};
 use mathcoder_lce::BlockKind;
 use regex::Regex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -114,7 +114,7 @@ fn final_line(s: &str) -> String {
 }
 
 /// How a cell compares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CellClass {
     Exact,
@@ -180,8 +180,8 @@ pub fn classify(ours: &str, kind: ExecutionKind, recorded: &str) -> CellClass {
     CellClass::Value
 }
 
-/// A differing cell, for the report.
-#[derive(Clone, Debug, Serialize)]
+/// A differing cell, for the report (one line of `mathcoder audit --differences FILE`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Difference {
     pub file: String,
     pub line: usize,

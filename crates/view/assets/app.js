@@ -117,6 +117,7 @@ async function loadSources() {
   if (state.sources.runs.length >= 2) nav.appendChild(el('a', { href: '#/compare/0/1?differ=1' }, 'compare'));
   for (const t of state.sources.training) nav.appendChild(el('a', { href: `#/training/${t.t}`, title: t.path }, `training ${t.t}: ${shortName(t.path)}`));
   for (const l of state.sources.logs) nav.appendChild(el('a', { href: `#/log/${l.l}`, title: l.path }, `log ${l.l}: ${shortName(l.path)}`));
+  for (const a of state.sources.audits) nav.appendChild(el('a', { href: `#/audit/${a.a}`, title: a.path }, `audit ${a.a}: ${shortName(a.path)}`));
   return state.sources;
 }
 
@@ -136,6 +137,7 @@ async function route() {
       if (src.runs.length) return runView(0, params);
       if (src.training.length) return trainingView(0);
       if (src.logs.length) return logView(0);
+      if (src.audits.length) return auditView(0);
       main().textContent = 'Nothing to show.';
       return;
     }
@@ -147,6 +149,7 @@ async function route() {
     if (seg[0] === 'training' && seg.length === 2) return trainingView(n[0]);
     if (seg[0] === 'training' && seg.length === 3) return trainingRecordView(n[0], n[1]);
     if (seg[0] === 'log') return logView(n[0]);
+    if (seg[0] === 'audit') return auditView(n[0]);
     main().textContent = 'No such page: ' + hash;
   } catch (e) {
     main().textContent = 'Error: ' + e.message;
@@ -397,6 +400,15 @@ async function trainingView(t) {
     const r = d.report;
     m.appendChild(el('p', { class: 'header' }, `${r.records} records · ${r.blocks_per_record.toFixed(1)} blocks and ${r.code_blocks_per_record.toFixed(1)} code blocks per record · ${r.error_executions} executions with an error` +
       (r.tokenizer ? ` · tokens shown with the loss mask (execution ${r.loss_on_execution ? 'trained' : 'masked'}, prompt ${r.loss_on_prompt ? 'trained' : 'masked'})` : ' · give --model DIR to see trained and masked tokens')));
+    if (d.stats && d.stats.rows.length) {
+      const fmt = v => v === null || v === undefined ? '-' : (typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(2) : String(v));
+      const cols = ['source', 'group', 'attempted', 'draws', 'solved', 'kept', 'blocks_per_solution', 'code_blocks_per_solution', 'tokens_per_solution', 'teacher_tokens'];
+      const sb = el('tbody', {});
+      for (const r of d.stats.rows) sb.appendChild(el('tr', {}, cols.map(c => el('td', {}, fmt(r[c])))));
+      m.appendChild(el('h3', {}, `data report (tokens: ${d.stats.token_unit})`));
+      m.appendChild(el('table', { class: 'problems', id: 'data-report' },
+        el('thead', {}, el('tr', {}, ['source', 'group', 'attempted', 'draws', 'solved', 'kept', 'blocks', 'code blocks', 'tokens', 'teacher tokens'].map(h => el('th', {}, h)))), sb));
+    }
     const tbody = el('tbody', {});
     for (const row of d.rows) {
       tbody.appendChild(el('tr', { class: 'row' },
@@ -454,6 +466,36 @@ async function logView(l) {
     m.appendChild(el('table', { class: 'problems' },
       el('thead', {}, el('tr', {}, ['step', 'loss', 'lr', 'tokens', 'target tokens', 'grad norm', 's'].map(h => el('th', {}, h)))), tbody));
     return `${s.length} steps`;
+  });
+}
+
+// ---- audit differences ----
+
+async function auditView(a) {
+  return timed('open audit differences', async () => {
+    const d = await getJSON(`/api/audits/${a}`);
+    state.view = { kind: 'audit' };
+    const m = main();
+    m.textContent = '';
+    m.appendChild(el('h2', {}, d.path));
+    const counts = {};
+    for (const x of d.differences) counts[x.class] = (counts[x.class] || 0) + 1;
+    m.appendChild(el('p', { class: 'header', id: 'audit-header' }, `${d.differences.length} differing cells · ` +
+      Object.entries(counts).sort((x, y) => y[1] - x[1]).map(([k, v]) => `${k} ${v}`).join(' · ')));
+    const list = el('div', { id: 'audit-list' });
+    for (const x of d.differences) {
+      const code = el('code', { class: 'language-python' }, x.code);
+      const item = el('div', { class: 'block audit', 'data-class': x.class },
+        el('div', { class: 'kind' }, `${x.file}:${x.line} · cell ${x.cell} · ${x.class}`),
+        el('pre', {}, code),
+        el('div', { class: 'pair' },
+          el('div', {}, el('div', { class: 'muted' }, 'ours'), el('pre', { class: 'ours' }, x.ours)),
+          el('div', {}, el('div', { class: 'muted' }, 'recorded'), el('pre', { class: 'recorded' }, x.recorded))));
+      if (window.hljs) hljs.highlightElement(code);
+      list.appendChild(item);
+    }
+    m.appendChild(list);
+    return `${d.differences.length} cells`;
   });
 }
 

@@ -39,6 +39,7 @@ pub fn router(index: Shared) -> Router {
         .route("/api/training/{t}", get(training))
         .route("/api/training/{t}/{n}", get(training_record))
         .route("/api/logs/{l}", get(log))
+        .route("/api/audits/{a}", get(audit))
         .route("/api/logs/{l}/{series}", get(log_chart))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(index)
@@ -130,6 +131,25 @@ fn first_view(ix: &Index) -> String {
             );
         }
         o.push_str("</tbody></table></section>");
+    } else if let Some(a) = ix.audits.first() {
+        let _ = write!(
+            o,
+            r#"<section><h2>{}</h2><p class="header">{} differing cells</p><table class="problems"><tbody>"#,
+            esc(&a.path.display().to_string()),
+            a.differences.len()
+        );
+        for d in a.differences.iter().take(FIRST_VIEW_ROWS) {
+            let _ = write!(
+                o,
+                r#"<tr><td>{}:{} cell {}</td><td>{:?}</td><td class="question">{}</td></tr>"#,
+                esc(&d.file),
+                d.line,
+                d.cell,
+                d.class,
+                esc(&d.code)
+            );
+        }
+        o.push_str("</tbody></table></section>");
     } else if let Some(l) = ix.logs.first() {
         let _ = write!(
             o,
@@ -164,13 +184,19 @@ async fn sources(State(ix): State<Shared>) -> Json<serde_json::Value> {
         .enumerate()
         .map(|(i, l)| json!({"l": i, "path": l.path.display().to_string(), "steps": l.steps.len()}))
         .collect();
+    let audits: Vec<_> = ix
+        .audits
+        .iter()
+        .enumerate()
+        .map(|(i, a)| json!({"a": i, "path": a.path.display().to_string(), "cells": a.differences.len()}))
+        .collect();
     let skipped: Vec<_> = ix
         .skipped
         .iter()
         .map(|(p, why)| json!({"path": p.display().to_string(), "why": why}))
         .collect();
     Json(
-        json!({"runs": runs, "training": training, "logs": logs, "skipped": skipped,
+        json!({"runs": runs, "training": training, "logs": logs, "audits": audits, "skipped": skipped,
                 "tokenizer": ix.tokenizer.is_some()}),
     )
 }
@@ -383,6 +409,7 @@ async fn training(State(ix): State<Shared>, Path(t): Path<usize>) -> Response {
                    "tokenizer": ix.tokenizer.is_some(),
                    "loss_on_execution": ix.mask.loss_on_execution,
                    "loss_on_prompt": ix.mask.loss_on_prompt},
+        "stats": f.stats,
         "rows": rows,
     }))
     .into_response()
@@ -420,6 +447,16 @@ async fn training_record(State(ix): State<Shared>, Path((t, n)): Path<(usize, us
         "system": c.system, "question": c.question, "blocks": blocks, "tokens": tokens,
     }))
     .into_response()
+}
+
+async fn audit(State(ix): State<Shared>, Path(a): Path<usize>) -> Response {
+    match ix.audits.get(a) {
+        Some(f) => {
+            Json(json!({"path": f.path.display().to_string(), "differences": f.differences}))
+                .into_response()
+        }
+        None => not_found("audit differences"),
+    }
 }
 
 async fn log(State(ix): State<Shared>, Path(l): Path<usize>) -> Response {

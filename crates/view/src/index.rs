@@ -13,6 +13,7 @@ use mathcoder_lce::record::{open_maybe_gz, Numbered};
 use mathcoder_lce::run::read_run_records;
 use mathcoder_lce::{Block, BlockKind, RunRecord};
 use mathcoder_runner::aggregate::{summarize, Summary};
+use mathcoder_sandbox::audit::Difference;
 use mathcoder_sandbox::render::TIMEOUT_MESSAGE;
 use mathcoder_train::tokenize::TrainTokenizer;
 use mathcoder_train::{Conversation, MaskOptions, StepLog};
@@ -40,6 +41,8 @@ pub enum FileKind {
     Outputs,
     Training,
     Log,
+    /// `mathcoder audit --differences FILE`: differing cells.
+    Audit,
     Unknown,
 }
 
@@ -69,6 +72,11 @@ pub fn classify(path: &Path) -> Result<FileKind, ViewError> {
         FileKind::Training
     } else if o.contains_key("step") && o.contains_key("loss") {
         FileKind::Log
+    } else if ["cell", "class", "ours", "recorded"]
+        .iter()
+        .all(|k| o.contains_key(*k))
+    {
+        FileKind::Audit
     } else {
         FileKind::Unknown
     })
@@ -152,6 +160,9 @@ pub struct Run {
 pub struct TrainingFile {
     pub path: PathBuf,
     pub conversations: Vec<Conversation>,
+    /// `mathcoder data stats` of the file, or of its `data seed`/`distill` run directory when
+    /// the file is that run's `data.jsonl` (then with attempts, draws and teacher tokens).
+    pub stats: mathcoder_data::stats::Report,
 }
 
 /// A training run's `log.jsonl`.
@@ -160,11 +171,18 @@ pub struct TrainLog {
     pub steps: Vec<StepLog>,
 }
 
+/// An audit's differing cells (`mathcoder audit --differences FILE`).
+pub struct AuditFile {
+    pub path: PathBuf,
+    pub differences: Vec<Difference>,
+}
+
 /// Everything the server shows.
 pub struct Index {
     pub runs: Vec<Run>,
     pub training: Vec<TrainingFile>,
     pub logs: Vec<TrainLog>,
+    pub audits: Vec<AuditFile>,
     /// Files that were not recognised, with why.
     pub skipped: Vec<(PathBuf, String)>,
     pub tokenizer: Option<TrainTokenizer>,
@@ -196,6 +214,7 @@ impl Index {
         let mut records: Vec<Vec<Numbered<RunRecord>>> = Vec::new();
         let mut training = Vec::new();
         let mut logs = Vec::new();
+        let mut audits = Vec::new();
         let mut skipped = Vec::new();
         for f in files {
             match classify(&f)? {
@@ -214,9 +233,18 @@ impl Index {
                 }
                 FileKind::Training => {
                     let conversations = mathcoder_train::read_conversations(&f)?;
+                    let run_dir = f
+                        .parent()
+                        .filter(|d| mathcoder_data::seed::data_path(d) == f)
+                        .filter(|d| mathcoder_data::seed::attempts_path(d).exists());
+                    let stats = mathcoder_data::stats::stats(
+                        run_dir.unwrap_or(&f),
+                        &mathcoder_data::quality::Tokens::Words,
+                    )?;
                     training.push(TrainingFile {
                         path: f,
                         conversations,
+                        stats,
                     });
                 }
                 FileKind::Log => {
@@ -226,9 +254,31 @@ impl Index {
                         .collect();
                     logs.push(TrainLog { path: f, steps });
                 }
+                FileKind::Audit => {
+                    let differences = mathcoder_lce::record::read_jsonl::<Difference>(&f)?
+                        .into_iter()
+                        .map(|n| n.record)
+                        .collect();
+                    audits.push(AuditFile {
+                        path: f,
+                        differences,
+                    });
+                }
+                FileKind::Unknown
+                    if f.parent().is_some_and(|d| {
+                        mathcoder_data::seed::attempts_path(d) == f
+                            && mathcoder_data::seed::data_path(d).exists()
+                    }) =>
+                {
+                    skipped.push((
+                        f,
+                        "a data run's attempts: counted in its data.jsonl's report".to_string(),
+                    ))
+                }
                 FileKind::Unknown => skipped.push((
                     f,
-                    "not output records, training records or a training log".to_string(),
+                    "not output records, training records, a training log or audit differences"
+                        .to_string(),
                 )),
             }
         }
@@ -276,6 +326,7 @@ impl Index {
             runs,
             training,
             logs,
+            audits,
             skipped,
             tokenizer,
             mask: opts.mask,

@@ -42,6 +42,8 @@ pub enum ViewError {
     Eval(#[from] mathcoder_eval::EvalError),
     #[error(transparent)]
     Train(#[from] mathcoder_train::TrainError),
+    #[error(transparent)]
+    Data(#[from] mathcoder_data::seed::DataError),
     #[error("cannot read {path}")]
     Io {
         path: PathBuf,
