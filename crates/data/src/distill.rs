@@ -19,11 +19,10 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::{mpsc, Semaphore};
 
 use crate::seed::{
-    attempts_path, check_identity, data_path, io, load_keyed, spawn_writer, Attempt,
-    AttemptOutcome, DataError, Event,
+    attempts_path, check_identity, data_path, io, line, load_keyed, Attempt, AttemptOutcome,
+    DataError, Event,
 };
 use crate::{Teacher, TeacherError};
 
@@ -137,50 +136,31 @@ pub async fn distill<T: Teacher>(
         done: done.len(),
         todo: todo.len(),
     });
-    let (tx, rx) = mpsc::channel::<(Option<String>, String)>(256);
-    let writer = spawn_writer(&config.out, rx);
-    let permits = Arc::new(Semaphore::new(config.concurrency));
-    let mut tasks = tokio::task::JoinSet::new();
     let problems: Arc<Vec<Problem>> = Arc::new(problems.to_vec());
     let name: Arc<str> = name.into();
-    for i in todo {
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| DataError::Invalid("closed".into()))?;
-        let (problems, teacher, grader, tx, progress, name, config) = (
-            problems.clone(),
-            teacher.clone(),
-            grader.clone(),
-            tx.clone(),
-            progress.clone(),
-            name.clone(),
-            config.clone(),
-        );
-        tasks.spawn(async move {
-            let _permit = permit;
-            let p = &problems[i];
-            let (data, attempt) = one(p, &teacher, &grader, &config, &name).await?;
-            let outcome = attempt.outcome;
-            let mut a =
-                serde_json::to_string(&attempt).map_err(|e| DataError::Invalid(e.to_string()))?;
-            a.push('\n');
-            let _ = tx.send((data, a)).await;
-            progress(Event::Finished(outcome));
-            Ok::<(), DataError>(())
-        });
-        while let Some(r) = tasks.try_join_next() {
-            r.map_err(|e| DataError::Invalid(format!("task: {e}")))??;
-        }
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.map_err(|e| DataError::Invalid(format!("task: {e}")))??;
-    }
-    drop(tx);
-    writer
-        .await
-        .map_err(|e| DataError::Invalid(format!("writer: {e}")))?
+    let config = config.clone();
+    crate::work::run_units(
+        Some(data_path(&config.out)),
+        attempts_path(&config.out),
+        todo,
+        config.concurrency,
+        move |i, sink| {
+            let (problems, teacher, grader, name, config) = (
+                problems.clone(),
+                teacher.clone(),
+                grader.clone(),
+                name.clone(),
+                config.clone(),
+            );
+            async move {
+                let (data, attempt) = one(&problems[i], &teacher, &grader, &config, &name).await?;
+                let _ = sink.send((data, line(&attempt)?)).await;
+                Ok(Event::Finished(attempt.outcome))
+            }
+        },
+        progress,
+    )
+    .await
 }
 
 /// The largest group of equivalent answers: (its members' indices, in order). Ties go to the

@@ -305,7 +305,7 @@ pub async fn interpolate(
         attempts_path(&config.out),
         todo,
         config.concurrency,
-        move |(k, (i, j))| {
+        move |(k, (i, j)), sink| {
             let (easy, hard, client, generator, prompt) = (
                 easy.clone(),
                 hard.clone(),
@@ -365,7 +365,8 @@ pub async fn interpolate(
                     }
                 }
                 let ok = attempt.outcome == PairOutcome::Accepted;
-                Ok(((data, line(&attempt)?), ok))
+                let _ = sink.send((data, line(&attempt)?)).await;
+                Ok(ok)
             }
         },
         progress,
@@ -628,7 +629,7 @@ pub async fn judge(
         judgments_path(&config.out),
         todo,
         config.concurrency,
-        move |(p, easy, hard): (InterpolatedProblem, String, String)| {
+        move |(p, easy, hard): (InterpolatedProblem, String, String), sink| {
             let (client, prompt) = (client.clone(), prompt.clone());
             async move {
                 let new = &p.problem.question;
@@ -663,7 +664,8 @@ pub async fn judge(
                         .join("; "),
                 };
                 let ok = j.vs_easy == Comparison::Harder && j.vs_hard == Comparison::Easier;
-                Ok(((None, line(&j)?), ok))
+                let _ = sink.send((None, line(&j)?)).await;
+                Ok(ok)
             }
         },
         progress,

@@ -25,7 +25,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
+
+use crate::work::Lines;
 
 use crate::quality::{distinct, signature, Filters, Tokens};
 use crate::{Draw, Teacher, TeacherError};
@@ -252,19 +254,9 @@ pub(crate) fn check_identity<I: Serialize + for<'de> Deserialize<'de> + PartialE
     }
 }
 
-/// What a finished task hands the writer: the data line (kept solutions), then the attempt.
-type Lines = (Option<String>, String);
-
-/// Appends lines to `data.jsonl` and `attempts.jsonl`, each written and fsynced on its own, data
-/// first. Returns the number of attempts written.
-pub(crate) fn spawn_writer(
-    out: &Path,
-    rx: mpsc::Receiver<Lines>,
-) -> tokio::task::JoinHandle<Result<usize, DataError>> {
-    spawn_writer_to(Some(data_path(out)), attempts_path(out), rx)
-}
-
-/// [`spawn_writer`] with the files named (no data file: data lines are an error).
+/// Appends lines to the data file (`data.jsonl`) and `apath` (`attempts.jsonl`), each written
+/// and fsynced on its own, data first; with no data file, data lines are an error. Returns the
+/// number of attempts written.
 pub(crate) fn spawn_writer_to(
     dpath: Option<PathBuf>,
     apath: PathBuf,
@@ -453,61 +445,47 @@ pub async fn seed<T: Teacher>(
         done: problems.len() - todo.len(),
         todo: todo.len(),
     });
-    let (tx, rx) = mpsc::channel::<Lines>(256);
-    let writer = spawn_writer(&config.out, rx);
-    let permits = Arc::new(Semaphore::new(config.concurrency));
-    let mut tasks = tokio::task::JoinSet::new();
     let problems: Arc<Vec<Problem>> = Arc::new(problems.to_vec());
     let teacher_name: Arc<str> = teacher_name.into();
-    for (i, mut state) in todo {
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| DataError::Invalid("closed".into()))?;
-        let (problems, teacher, grader, tx, progress, teacher_name, config) = (
-            problems.clone(),
-            teacher.clone(),
-            grader.clone(),
-            tx.clone(),
-            progress.clone(),
-            teacher_name.clone(),
-            config.clone(),
-        );
-        tasks.spawn(async move {
-            let _permit = permit;
-            let p = &problems[i];
-            let mut last = AttemptOutcome::Failed;
-            // Draws of one problem go one after another, so the writer gets them in order.
-            while let Some(s) = state.next(&config) {
-                let draw = config.draw(s);
-                let result = teacher.solve_draw(p, draw).await;
-                let (data, attempt) =
-                    judge(p, draw, result, &grader, &config, &teacher_name, &mut state)?;
-                last = attempt.outcome;
-                state.done.insert(s);
-                if tx.send((data, line(&attempt)?)).await.is_err() {
-                    break;
+    let config = config.clone();
+    crate::work::run_units(
+        Some(data_path(&config.out)),
+        attempts_path(&config.out),
+        todo,
+        config.concurrency,
+        move |(i, mut state): (usize, ProblemState), sink| {
+            let (problems, teacher, grader, teacher_name, config) = (
+                problems.clone(),
+                teacher.clone(),
+                grader.clone(),
+                teacher_name.clone(),
+                config.clone(),
+            );
+            async move {
+                let p = &problems[i];
+                let mut last = AttemptOutcome::Failed;
+                // Draws of one problem go one after another, so the writer gets them in order.
+                while let Some(s) = state.next(&config) {
+                    let draw = config.draw(s);
+                    let result = teacher.solve_draw(p, draw).await;
+                    let (data, attempt) =
+                        judge(p, draw, result, &grader, &config, &teacher_name, &mut state)?;
+                    last = attempt.outcome;
+                    state.done.insert(s);
+                    if sink.send((data, line(&attempt)?)).await.is_err() {
+                        break;
+                    }
                 }
+                Ok(Event::Finished(if state.kept.is_empty() {
+                    last
+                } else {
+                    AttemptOutcome::Kept
+                }))
             }
-            progress(Event::Finished(if state.kept.is_empty() {
-                last
-            } else {
-                AttemptOutcome::Kept
-            }));
-            Ok::<(), DataError>(())
-        });
-        while let Some(r) = tasks.try_join_next() {
-            r.map_err(|e| DataError::Invalid(format!("task: {e}")))??;
-        }
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.map_err(|e| DataError::Invalid(format!("task: {e}")))??;
-    }
-    drop(tx);
-    writer
-        .await
-        .map_err(|e| DataError::Invalid(format!("writer: {e}")))?
+        },
+        progress,
+    )
+    .await
 }
 
 /// Grades one teacher result: the data line (when kept) and the attempt; a kept solution's

@@ -1,5 +1,5 @@
-//! Running units of work concurrently with one fsyncing writer: what `interpolate` and `judge`
-//! run on (`seed` and `distill` have loops of the same shape, which can move onto this).
+//! Running units of work concurrently with one fsyncing writer: what `seed`, `distill`,
+//! `interpolate` and `judge` run on.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -11,20 +11,26 @@ use crate::seed::{spawn_writer_to, DataError};
 /// What a unit of work hands the writer: the data line (if any) and its attempt line.
 pub(crate) type Lines = (Option<String>, String);
 
-/// Runs `work` on every item of `todo` with bounded concurrency, appending each result through
-/// one writer (data line, then attempt line, each fsynced). Returns the attempts written.
-pub(crate) async fn run_units<K, F, Fut>(
+/// Where a unit of work sends its lines, in order (a unit may send several: `seed`'s draws of
+/// one problem, each written as soon as it is judged). A failed send means the writer stopped.
+pub(crate) type Sink = mpsc::Sender<Lines>;
+
+/// Runs `work` on every item of `todo` with bounded concurrency, each unit sending its lines
+/// to one writer (data line, then attempt line, each fsynced) and reporting its outcome `P` to
+/// `progress` when it ends. Returns the attempts written.
+pub(crate) async fn run_units<K, P, F, Fut>(
     data: Option<PathBuf>,
     attempts: PathBuf,
     todo: Vec<K>,
     concurrency: usize,
     work: F,
-    progress: Arc<dyn Fn(bool) + Send + Sync>,
+    progress: Arc<dyn Fn(P) + Send + Sync>,
 ) -> Result<usize, DataError>
 where
     K: Send + 'static,
-    F: Fn(K) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(Lines, bool), DataError>> + Send + 'static,
+    P: Send + 'static,
+    F: Fn(K, Sink) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<P, DataError>> + Send + 'static,
 {
     if concurrency == 0 {
         return Err(DataError::Invalid(
@@ -45,9 +51,8 @@ where
         let (work, tx, progress) = (work.clone(), tx.clone(), progress.clone());
         tasks.spawn(async move {
             let _permit = permit;
-            let (lines, ok) = work(k).await?;
-            let _ = tx.send(lines).await;
-            progress(ok);
+            let outcome = work(k, tx).await?;
+            progress(outcome);
             Ok::<(), DataError>(())
         });
         while let Some(r) = tasks.try_join_next() {
