@@ -400,6 +400,12 @@ async fn next_answer(
         tokens = max_new_tokens;
         finish_length = true;
     }
+    Ok(deliver(shared, text, finish_length, tokens).await)
+}
+
+/// An answer as a server gives it: after a generation slot is free (`max_concurrency`) and its
+/// tokens' latency has passed.
+async fn deliver(shared: &Shared, text: String, finish_length: bool, tokens: usize) -> Answer {
     let _permit = match &shared.slots {
         Some(s) => Some(s.acquire().await.expect("semaphore open")),
         None => None,
@@ -407,11 +413,11 @@ async fn next_answer(
     if !shared.config.per_token_latency.is_zero() {
         tokio::time::sleep(shared.config.per_token_latency * tokens as u32).await;
     }
-    Ok(Answer {
+    Answer {
         text,
         finish_length,
         tokens,
-    })
+    }
 }
 
 fn not_recorded() -> Response {
@@ -445,18 +451,7 @@ async fn run_on(
         tokens = max_new_tokens;
         finish_length = true;
     }
-    let _permit = match &shared.slots {
-        Some(s) => Some(s.acquire().await.expect("semaphore open")),
-        None => None,
-    };
-    if !shared.config.per_token_latency.is_zero() {
-        tokio::time::sleep(shared.config.per_token_latency * tokens as u32).await;
-    }
-    Ok(Answer {
-        text,
-        finish_length,
-        tokens,
-    })
+    Ok(deliver(shared, text, finish_length, tokens).await)
 }
 
 /// Applies the configured fault to this request, if it is one of the faulty ones.
