@@ -6,7 +6,7 @@ use clap::ValueEnum;
 use mathcoder_grade::{ApproxPolicy, GradeOptions, MultiAnswer, Protocol};
 use mathcoder_lce::PromptTemplate;
 use mathcoder_llm::http::HttpConfig;
-use mathcoder_llm::{BackendKind, BackendSpec, NativeDtype, NativeSpec};
+use mathcoder_llm::{BackendKind, BackendSpec, NativeDtype, NativeQuant, NativeSpec};
 use mathcoder_sandbox::{env, EnvSpec, Fidelity, Limits, Sandbox, SandboxConfig};
 use mathcoder_solve::SolveConfig;
 use std::path::PathBuf;
@@ -106,22 +106,38 @@ impl SandboxArgs {
     }
 }
 
-/// Provisions (or checks) the Python environment, showing progress on stderr.
-pub fn ensure_env(spec: &EnvSpec) -> Result<env::PythonEnv> {
+/// MathCoder-S, merged and in place (see `mathcoder_zoo::mathcoder_s`), with progress on stderr.
+pub fn default_model(sandbox: &SandboxArgs) -> Result<PathBuf> {
+    let adapter = mathcoder_zoo::mathcoder_s::shipped_adapter()?;
+    let env = ensure_env(&sandbox.spec())?;
+    with_spinner("models", |say| {
+        mathcoder_zoo::mathcoder_s::merged(&adapter, &env.python, say)
+            .context("preparing the default model (MathCoder-S)")
+    })
+}
+
+/// Runs `f` with a spinner on stderr that shows the lines `f` reports (printed as
+/// `PREFIX: line` when stderr is not a terminal).
+pub fn with_spinner<T>(prefix: &str, f: impl FnOnce(&dyn Fn(&str)) -> T) -> T {
     let pb = indicatif::ProgressBar::new_spinner();
     pb.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
     pb.enable_steady_tick(Duration::from_millis(120));
-    let r = env::ensure(spec, &|line| {
+    let r = f(&|line: &str| {
         pb.set_message(line.to_string());
         if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            eprintln!("setup: {line}");
+            eprintln!("{prefix}: {line}");
         }
     });
     pb.finish_and_clear();
-    r.context("preparing the Python environment")
+    r
+}
+
+/// Provisions (or checks) the Python environment, showing progress on stderr.
+pub fn ensure_env(spec: &EnvSpec) -> Result<env::PythonEnv> {
+    with_spinner("setup", |say| env::ensure(spec, say)).context("preparing the Python environment")
 }
 
 fn native() -> NativeSpec {
@@ -141,6 +157,10 @@ pub struct NativeArgs {
     /// Compute dtype of dense weights on the CPU (default: f32).
     #[arg(long, value_enum)]
     pub dtype: Option<NativeDtype>,
+    /// Quantize a Hugging Face checkpoint's matrices at load, to run an f32 fine-tune on the
+    /// quantized kernels (GGUF files keep their own types).
+    #[arg(long, value_enum)]
+    pub quantize: Option<NativeQuant>,
     /// CPU threads for matrix multiplies (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -151,6 +171,7 @@ impl NativeArgs {
         NativeSpec {
             tokenizer: self.tokenizer.clone(),
             dtype: self.dtype,
+            quantize: self.quantize,
             threads: self.threads,
             ..NativeSpec::default()
         }
@@ -173,8 +194,11 @@ impl NativeArgs {
 pub struct BackendArgs {
     /// `tgi` (text-generation-inference), `openai` (vLLM, SGLang, llama.cpp's llama-server,
     /// OpenAI), or `native` (this program's own engine; needs --model).
-    #[arg(long, value_enum, default_value_t)]
-    pub backend: BackendKind,
+    /// Without --backend, --model and --endpoint: the native engine with MathCoder-S, the
+    /// model this repository ships (fetched and built on first use). With only --model PATH
+    /// naming a local directory or .gguf file: the native engine on it.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
     /// The server's base URL.
     #[arg(long, default_value = mathcoder_llm::spec::DEFAULT_ENDPOINT)]
     pub endpoint: String,
@@ -208,7 +232,7 @@ impl BackendArgs {
     /// The backend these flags name, for at most `max_concurrency` requests in flight.
     pub fn spec(&self, max_concurrency: usize) -> BackendSpec {
         BackendSpec {
-            kind: self.backend,
+            kind: self.backend.unwrap_or_default(),
             endpoint: self.endpoint.clone(),
             model: self.model.clone(),
             http: HttpConfig {
@@ -225,6 +249,30 @@ impl BackendArgs {
                 ..self.native.spec()
             },
         }
+    }
+
+    /// These flags with the implicit choices made: no backend, model or endpoint given means
+    /// MathCoder-S on the native engine (built on first use, its matrices quantized to Q8_0 at
+    /// load unless --quantize says otherwise); a local path as the only --model means the
+    /// native engine on it.
+    pub fn resolve(&self, sandbox: &SandboxArgs) -> Result<BackendArgs> {
+        let mut a = self.clone();
+        if a.backend.is_some() || a.endpoint != mathcoder_llm::spec::DEFAULT_ENDPOINT {
+            return Ok(a);
+        }
+        match &a.model {
+            Some(m) if std::path::Path::new(m).exists() => {
+                a.backend = Some(BackendKind::Native);
+            }
+            Some(_) => {}
+            None => {
+                let dir = default_model(sandbox)?;
+                a.backend = Some(BackendKind::Native);
+                a.model = Some(dir.display().to_string());
+                a.native.quantize = a.native.quantize.or(Some(NativeQuant::Q8_0));
+            }
+        }
+        Ok(a)
     }
 
     /// Builds the backend.
@@ -265,6 +313,10 @@ pub struct LoopArgs {
     /// Keep long decimals in generated blocks (the authors rounded them to 6 places).
     #[arg(long)]
     pub no_truncate_decimals: bool,
+    /// Do not run the code: the model writes each execution block itself (the paper's Table 5,
+    /// row 1, "the model predicts the outputs").
+    #[arg(long)]
+    pub model_predicts_execution: bool,
 }
 
 impl LoopArgs {
@@ -281,6 +333,7 @@ impl LoopArgs {
             top_p: self.top_p,
             seed: self.seed,
             truncate_decimals: !self.no_truncate_decimals,
+            execute: !self.model_predicts_execution,
         }
     }
 }
@@ -330,8 +383,9 @@ impl LoopRunArgs {
         &self,
         concurrency: usize,
     ) -> Result<(Arc<dyn mathcoder_llm::Backend>, Sandbox, SolveConfig)> {
-        self.backend.spec(concurrency).check_listening()?;
-        let backend = self.backend.build(concurrency)?;
+        let backend_args = self.backend.resolve(&self.sandbox)?;
+        backend_args.spec(concurrency).check_listening()?;
+        let backend = backend_args.build(concurrency)?;
         let sandbox = self.sandbox.sandbox()?;
         Ok((backend, sandbox, self.looping.config()))
     }

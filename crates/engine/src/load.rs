@@ -2,7 +2,7 @@
 //! ([`Checkpoint`]: a Hugging Face directory or a GGUF file). Dense weights are converted to the
 //! compute dtype; GGUF matrices stay quantized and go to our kernels where they apply.
 
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 use mathcoder_model::checkpoint::{Checkpoint, GgufCheckpoint, HfCheckpoint};
 use mathcoder_model::names::{LayerWeight as L, Weight};
@@ -20,6 +20,10 @@ pub struct LoadOptions {
     /// Dtype of dense weights and activations. Default: f32 on CPU (bf16/f16 checkpoints are
     /// converted; candle's CPU kernels also compute in f16 and bf16, more slowly).
     pub dtype: Option<DType>,
+    /// Quantize a dense checkpoint's matrices (projections and the output head; not the
+    /// embedding, which is a lookup) to this type at load, so that they run on the quantized
+    /// kernels. Ignored for GGUF files, whose matrices keep their own types.
+    pub quantize: Option<GgmlDType>,
     pub device: Device,
 }
 
@@ -27,6 +31,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             dtype: None,
+            quantize: None,
             device: Device::Cpu,
         }
     }
@@ -68,10 +73,36 @@ fn load_hf(ckpt: HfCheckpoint, opts: &LoadOptions) -> Result<Model, EngineError>
         ckpt.get(w, dev)?.to_dtype(dtype).map_err(ce(&w.hf_name()))
     };
     let c = &ckpt.config;
+    if let Some(q) = opts.quantize {
+        if dtype != DType::F32 || !dev.is_cpu() {
+            return Err(EngineError::load(format!(
+                "quantizing at load ({q:?}) needs f32 on the CPU"
+            )));
+        }
+    }
+    // A matrix as the options ask: dense, or quantized now (rows must fill whole blocks).
+    let matrix = |w: Weight| -> Result<Linear, EngineError> {
+        let t = get(w)?;
+        match opts.quantize {
+            None => Ok(Linear::Dense(t)),
+            Some(q) => {
+                let cols = t.dims().last().copied().unwrap_or(0);
+                if cols % q.block_size() != 0 {
+                    return Err(EngineError::load(format!(
+                        "{}: rows of {cols} values do not fill {q:?} blocks of {}",
+                        w.hf_name(),
+                        q.block_size()
+                    )));
+                }
+                let qt = QTensor::quantize(&t, q).map_err(ce(&w.hf_name()))?;
+                Linear::quantized(qt).map_err(ce(&w.hf_name()))
+            }
+        }
+    };
     let embed = get(Weight::Embed)?;
     let mut layers = Vec::new();
     for i in 0..c.num_layers {
-        let dense = |w: L| get(Weight::Layer(i, w)).map(Linear::Dense);
+        let dense = |w: L| matrix(Weight::Layer(i, w));
         let qkv_bias = if c.architecture.qkv_bias() {
             let b = |w: L| get(Weight::Layer(i, w));
             Some([b(L::QBias)?, b(L::KBias)?, b(L::VBias)?])
@@ -93,9 +124,9 @@ fn load_hf(ckpt: HfCheckpoint, opts: &LoadOptions) -> Result<Model, EngineError>
     }
     let norm = get(Weight::FinalNorm)?;
     let lm_head = if c.tie_word_embeddings {
-        embed.clone()
+        matrix(Weight::Embed)?
     } else {
-        get(Weight::LmHead)?
+        matrix(Weight::LmHead)?
     };
     Model::assemble(
         ckpt.config.clone(),
@@ -103,12 +134,19 @@ fn load_hf(ckpt: HfCheckpoint, opts: &LoadOptions) -> Result<Model, EngineError>
             embed: Embedding::Dense(embed),
             layers,
             norm,
-            lm_head: Linear::Dense(lm_head),
+            lm_head,
         },
         RopeLayout::Halves,
         dtype,
         dev.clone(),
-        format_name(stored).to_string(),
+        match opts.quantize {
+            Some(q) => format!(
+                "{} quantized to {}",
+                format_name(stored),
+                format!("{q:?}").to_lowercase()
+            ),
+            None => format_name(stored).to_string(),
+        },
     )
 }
 

@@ -350,3 +350,38 @@ fn the_rigged_protocol_fixture_decodes_as_transformers_does() {
         .unwrap()
         .starts_with("<|text|>Compute it.<|endofblock|><|code|>print(6*7)<|endofblock|>"));
 }
+
+/// `LoadOptions::quantize`: a dense checkpoint's matrices quantized at load run on the
+/// quantized kernels and stay close to the dense logits (Q8_0 within 3%, Q4_0 within 25% of the
+/// largest logit on these random weights); a width that does not fill whole blocks is refused.
+#[test]
+fn dense_checkpoints_quantized_at_load_stay_close() {
+    use candle_core::quantized::GgmlDType;
+    let opts = |q| LoadOptions {
+        quantize: Some(q),
+        ..LoadOptions::default()
+    };
+    // llama2-tiny: intermediate 88, so down_proj's rows do not fill blocks of 32.
+    let err = load(&fixture("llama2-tiny"), None, &opts(GgmlDType::Q8_0))
+        .err()
+        .expect("88-wide rows cannot be quantized in blocks of 32");
+    assert!(err.to_string().contains("do not fill"), "{err}");
+
+    // lce-bigram (hidden 32, intermediate 32) fills whole blocks everywhere.
+    let name = "lce-bigram";
+    let dense = engine(name, None);
+    let seq: Vec<u32> = (1..40).collect();
+    let want = all_logits(&dense, &seq);
+    for (q, bound) in [(GgmlDType::Q8_0, 0.03), (GgmlDType::Q4_0, 0.25)] {
+        let e = load(&fixture(name), Some(&fixture("llama2-tiny")), &opts(q)).unwrap();
+        assert!(
+            e.model.weight_format.contains("quantized to"),
+            "{}",
+            e.model.weight_format
+        );
+        let got = all_logits(&e, &seq);
+        let r = rel(&got, &want);
+        eprintln!("{name} quantized to {q:?}: rel {r:.2e}");
+        assert!(r < bound && r > 0.0, "{q:?}: {r}");
+    }
+}

@@ -15,7 +15,7 @@ pub mod openai;
 pub mod spec;
 pub mod tgi;
 
-pub use spec::{BackendKind, BackendSpec, NativeDtype, NativeSpec};
+pub use spec::{BackendKind, BackendSpec, NativeDtype, NativeQuant, NativeSpec};
 
 use async_trait::async_trait;
 use mathcoder_lce::SpecialToken;

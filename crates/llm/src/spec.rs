@@ -49,6 +49,23 @@ pub enum NativeDtype {
     F16,
 }
 
+/// A quantization the native engine applies at load to a dense (Hugging Face) checkpoint's
+/// matrices, so that an f32 fine-tune runs on the same kernels as a GGUF file of that type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum NativeQuant {
+    #[cfg_attr(feature = "clap", value(name = "q8_0"))]
+    Q8_0,
+    #[cfg_attr(feature = "clap", value(name = "q4_0"))]
+    Q4_0,
+    #[cfg_attr(feature = "clap", value(name = "q4_1"))]
+    Q4_1,
+    #[cfg_attr(feature = "clap", value(name = "q5_0"))]
+    Q5_0,
+    #[cfg_attr(feature = "clap", value(name = "q5_1"))]
+    Q5_1,
+}
+
 /// Options of the native engine.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NativeSpec {
@@ -56,6 +73,8 @@ pub struct NativeSpec {
     pub tokenizer: Option<PathBuf>,
     /// Compute dtype of dense weights (default: f32 on the CPU).
     pub dtype: Option<NativeDtype>,
+    /// Quantize a dense checkpoint's matrices at load (none: keep them dense).
+    pub quantize: Option<NativeQuant>,
     /// CPU threads for matrix multiplies (default: all cores).
     pub threads: Option<usize>,
     /// Most sequences decoded together.
@@ -69,6 +88,7 @@ impl Default for NativeSpec {
         NativeSpec {
             tokenizer: None,
             dtype: None,
+            quantize: None,
             threads: None,
             max_batch: 32,
             kv_cache_mb: 4096,

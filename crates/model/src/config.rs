@@ -253,6 +253,45 @@ impl ModelConfig {
         Ok(c)
     }
 
+    /// A Hugging Face `config.json` for this model (what a GGUF file becomes when it is
+    /// converted to a checkpoint directory); [`ModelConfig::from_hf_json`] reads it back equal.
+    pub fn to_hf_json(&self) -> Value {
+        let (model_type, arch) = match self.architecture {
+            Architecture::Llama => ("llama", "LlamaForCausalLM"),
+            Architecture::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
+        };
+        let mut v = serde_json::json!({
+            "architectures": [arch],
+            "model_type": model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": "silu",
+            "torch_dtype": self.declared_dtype.as_deref().unwrap_or("float32"),
+        });
+        if self.architecture == Architecture::Llama {
+            v["attention_bias"] = false.into();
+            v["mlp_bias"] = false.into();
+        }
+        if let Some(b) = self.bos_token_id {
+            v["bos_token_id"] = b.into();
+        }
+        match self.eos_token_ids.as_slice() {
+            [] => {}
+            [e] => v["eos_token_id"] = (*e).into(),
+            many => v["eos_token_id"] = many.into(),
+        }
+        v
+    }
+
     /// Consistency checks that would otherwise surface as shape errors deep in the forward pass.
     pub fn check(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::Config(m));
@@ -288,6 +327,31 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hf_json_round_trips() {
+        for arch in [Architecture::Llama, Architecture::Qwen2] {
+            let c = ModelConfig {
+                architecture: arch,
+                vocab_size: 49_160,
+                hidden_size: 576,
+                intermediate_size: 1536,
+                num_layers: 30,
+                num_heads: 9,
+                num_kv_heads: 3,
+                head_dim: 64,
+                rms_norm_eps: 1e-5,
+                rope_theta: 100_000.0,
+                max_position_embeddings: 8192,
+                tie_word_embeddings: true,
+                bos_token_id: Some(1),
+                eos_token_ids: vec![2],
+                declared_dtype: Some("float32".into()),
+            };
+            let back = ModelConfig::from_hf_json(&c.to_hf_json().to_string()).unwrap();
+            assert_eq!(back, c);
+        }
+    }
 
     #[test]
     fn hf_spellings() {

@@ -182,6 +182,15 @@ impl Tok {
         })
     }
 
+    /// The `tokenizers` tokenizer underneath: a `tokenizer.json`, or a GGUF byte-level BPE
+    /// vocabulary turned into one (`None` for a GGUF SentencePiece vocabulary).
+    pub fn hf_tokenizer(&self) -> Option<&Tokenizer> {
+        match &self.inner {
+            Inner::Hf(t) => Some(t),
+            Inner::Spm(_) => None,
+        }
+    }
+
     pub fn vocab_size(&self) -> usize {
         match &self.inner {
             Inner::Hf(t) => t.get_vocab_size(true),

@@ -58,6 +58,14 @@ pub struct RunIdentity {
     max_new_tokens: u32,
     temperature: f32,
     system: String,
+    /// Whether code ran in the sandbox (false: the model wrote its executions); runs recorded
+    /// before the option existed executed.
+    #[serde(default = "executed")]
+    execute: bool,
+}
+
+fn executed() -> bool {
+    true
 }
 
 impl RunIdentity {
@@ -71,6 +79,7 @@ impl RunIdentity {
             max_new_tokens: config.solve.max_new_tokens,
             temperature: config.solve.temperature,
             system: config.solve.template.system.clone(),
+            execute: config.solve.execute,
         }
     }
     pub fn dataset(&self) -> &str {

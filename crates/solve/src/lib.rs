@@ -32,6 +32,15 @@ pub struct SolveConfig {
     pub seed: Option<u64>,
     /// Round decimals of more than 6 places in generated blocks, as the authors did.
     pub truncate_decimals: bool,
+    /// Run each code block in the sandbox and append its real output (the default). Off, the
+    /// model writes the execution blocks itself (the paper's Table 5, row 1: "the model predicts
+    /// the outputs"); they are recorded as the model wrote them.
+    #[serde(default = "yes")]
+    pub execute: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for SolveConfig {
@@ -45,6 +54,7 @@ impl Default for SolveConfig {
             top_p: None,
             seed: None,
             truncate_decimals: true,
+            execute: true,
         }
     }
 }
@@ -231,7 +241,7 @@ pub async fn solve(
         let is_code = block.kind == BlockKind::Code;
         let code = block.content.clone();
         blocks.push(block);
-        if is_code {
+        if is_code && config.execute {
             // The authors appended the execution right after the code block's `<|endofblock|>`.
             if !text.ends_with(SpecialToken::EndOfBlock.as_str()) && !ended {
                 prompt.push_str(SpecialToken::EndOfBlock.as_str());

@@ -72,6 +72,19 @@ impl Instance {
     }
 }
 
+/// The byte-level BPE vocabulary of a GGUF file as a `tokenizers` tokenizer (the one the engine
+/// builds from the same metadata, so training and inference tokenise alike).
+fn gguf_tokenizer(path: &Path) -> Result<Tokenizer, TrainError> {
+    let bad = |e: String| TrainError::Tokenizer(format!("{}: {e}", path.display()));
+    let mut f = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let content =
+        candle_core::quantized::gguf_file::Content::read(&mut f).map_err(|e| bad(e.to_string()))?;
+    let tok = mathcoder_model::Tok::from_gguf(&content).map_err(|e| bad(e.to_string()))?;
+    tok.hf_tokenizer().cloned().ok_or_else(|| {
+        bad("its SentencePiece vocabulary cannot be written as a tokenizer.json; train from a Hugging Face directory".into())
+    })
+}
+
 /// A tokenizer for training: `tokenizer.json` with MathCoder's tokens.
 pub struct TrainTokenizer {
     pub inner: Tokenizer,
@@ -84,6 +97,11 @@ impl TrainTokenizer {
     /// Loads `dir/tokenizer.json` (or a `tokenizer.json` path) and adds those of MathCoder's
     /// eight tokens it lacks (see [`crate::vocab::add_lce_tokens`]); returns how many were added.
     pub fn load(path: &Path) -> Result<(TrainTokenizer, usize), TrainError> {
+        if mathcoder_model::checkpoint::is_gguf(path) {
+            let mut inner = gguf_tokenizer(path)?;
+            let added = crate::vocab::add_lce_tokens(&mut inner)?;
+            return Ok((TrainTokenizer::new(inner), added));
+        }
         let file = if path.is_dir() {
             path.join("tokenizer.json")
         } else {

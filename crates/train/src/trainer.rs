@@ -654,6 +654,29 @@ pub const LOSS_SVG: &str = "loss.svg";
 pub const MERGED_DIR: &str = "merged";
 
 /// `tokenizer.json` (with MathCoder's tokens) and `special_tokens_map.json` into `dir`.
+/// `special_tokens_map.json`: Llama-2's `<s>`/`</s>`/`<unk>` when the vocabulary has them,
+/// else the begin/end tokens other vocabularies name (SmolLM2's `<|im_start|>`/`<|im_end|>`),
+/// never a token the vocabulary lacks (transformers would add it).
+fn special_tokens_map(tok: &TrainTokenizer, specials: &[&str]) -> serde_json::Value {
+    let has = |t: &str| tok.inner.token_to_id(t).is_some();
+    let first =
+        |cands: &[&'static str]| -> Option<&'static str> { cands.iter().copied().find(|t| has(t)) };
+    let mut m = serde_json::json!({ "additional_special_tokens": specials });
+    if let Some(b) = first(&["<s>", "<|im_start|>", "<|endoftext|>"]) {
+        m["bos_token"] = b.into();
+    }
+    if let Some(e) = first(&["</s>", "<|im_end|>", "<|endoftext|>"]) {
+        m["eos_token"] = e.into();
+    }
+    if let Some(u) = first(&["<unk>", "<|endoftext|>"]) {
+        m["unk_token"] = u.into();
+    }
+    if let Some(p) = first(&["</s>", "<|endoftext|>"]) {
+        m["pad_token"] = p.into();
+    }
+    m
+}
+
 fn write_tokenizer(dir: &Path, tok: &TrainTokenizer) -> Result<(), TrainError> {
     let tp = dir.join("tokenizer.json");
     tok.inner
@@ -663,11 +686,7 @@ fn write_tokenizer(dir: &Path, tok: &TrainTokenizer) -> Result<(), TrainError> {
     let p = dir.join("special_tokens_map.json");
     std::fs::write(
         &p,
-        serde_json::to_string_pretty(&serde_json::json!({
-            "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>",
-            "additional_special_tokens": specials,
-        }))
-        .unwrap_or_default(),
+        serde_json::to_string_pretty(&special_tokens_map(tok, &specials)).unwrap_or_default(),
     )
     .map_err(io_err(&p))
 }
@@ -716,10 +735,14 @@ pub fn load_base(
 > {
     let ckpt = Checkpoint::open(dir)?;
     let mut config = ckpt.config().clone();
-    let cfg_path = dir.join("config.json");
-    let source_config: serde_json::Value =
+    // A GGUF file (dequantised to f32) has no config.json: its metadata is written as one.
+    let source_config: serde_json::Value = if mathcoder_model::checkpoint::is_gguf(dir) {
+        config.to_hf_json()
+    } else {
+        let cfg_path = dir.join("config.json");
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?)
-            .map_err(|e| TrainError::Config(format!("{}: {e}", cfg_path.display())))?;
+            .map_err(|e| TrainError::Config(format!("{}: {e}", cfg_path.display())))?
+    };
     let vars = VarMap::new();
     {
         let mut data = vars

@@ -5,6 +5,7 @@ pub mod data_chat;
 pub mod datasets;
 pub mod engine;
 pub mod grade;
+pub mod models;
 pub mod run;
 pub mod sandbox;
 pub mod table2;
