@@ -290,3 +290,40 @@ async fn spans_are_byte_for_byte_what_the_loop_sends_and_the_model_writes() {
     assert_eq!(o.stop, StopReason::EndOfMessage);
     assert_spans_are_what_the_loop_sent(&b.prompts(), &replies, &o);
 }
+
+/// `execute: false` (the paper's Table 5, row 1): no code runs; the model's own execution
+/// blocks are kept as it wrote them, and the prompt carries them, not real output.
+#[tokio::test]
+async fn without_execution_the_model_writes_the_outputs() {
+    let b = Script::new(&[
+        "<|code|>print(347 * 29)<|endofblock|>",
+        "<|execution|>10000<|endofblock|>",
+        "<|text|>The answer is $\\boxed{10000}$.<|endofblock|>",
+        "<|endofmessage|>",
+    ]);
+    let cfg = SolveConfig {
+        execute: false,
+        ..SolveConfig::default()
+    };
+    let o = solve(Q, &b, &sandbox(), &cfg, &mut ()).await;
+    assert_eq!(o.stop, StopReason::EndOfMessage);
+    use BlockKind::*;
+    let kinds: Vec<BlockKind> = o.blocks.iter().map(|b| b.kind).collect();
+    assert_eq!(kinds, [Code, Execution, Text]);
+    // The model's (wrong) output, not the real 10063.
+    assert_eq!(o.blocks[1].content, "10000");
+    assert!(o.rounds.iter().all(|r| r.execute_ms.is_none()));
+    let p = b.prompts();
+    let t = PromptTemplate::mathcoder();
+    assert_eq!(
+        p[1].prompt,
+        format!("{}<|code|>print(347 * 29)<|endofblock|>", t.render(Q))
+    );
+    assert_eq!(
+        p[2].prompt,
+        format!(
+            "{}<|code|>print(347 * 29)<|endofblock|><|execution|>10000<|endofblock|>",
+            t.render(Q)
+        )
+    );
+}

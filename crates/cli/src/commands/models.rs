@@ -28,6 +28,14 @@ enum Sub {
         #[command(flatten)]
         sandbox: SandboxArgs,
     },
+    /// Copy a LoRA checkpoint's adapter (without optimizer state, weights as bf16) to a
+    /// directory: how `models/mathcoder-s/adapter/` is made from a `mathcoder train` run.
+    PackAdapter {
+        /// A LoRA run's `OUT/checkpoint-N`.
+        checkpoint: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 pub fn run(a: Args) -> Result<i32> {
@@ -57,6 +65,11 @@ pub fn run(a: Args) -> Result<i32> {
                     .collect();
                 println!("{:<30} from {}; {}", "", pkgs.join(" + "), p.licence);
             }
+            Ok(0)
+        }
+        Sub::PackAdapter { checkpoint, out } => {
+            let bytes = mathcoder_zoo::mathcoder_s::pack_adapter(&checkpoint, &out)?;
+            println!("wrote {} ({:.1} MB)", out.display(), bytes as f64 / 1e6);
             Ok(0)
         }
         Sub::Fetch {
