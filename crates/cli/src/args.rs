@@ -363,12 +363,32 @@ pub fn conventions(s: &str) -> std::result::Result<mathcoder_grade::Dataset, Str
     })
 }
 
+/// How a model solves problems.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// MathCoder's LCE blocks through the generate/execute loop (a model with its 8 tokens).
+    Lce,
+    /// A code-interpreter conversation (an instruct model: ```python fences run in the
+    /// sandbox, outputs back as user messages), written down as LCE blocks.
+    Chat,
+}
+
 /// What every command that runs the generate/execute loop takes: the model, the loop's settings
 /// and the sandbox.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoopRunArgs {
     #[command(flatten)]
     pub backend: BackendArgs,
+    /// `lce` (MathCoder's blocks) or `chat` (a code-interpreter conversation in the `fences`
+    /// style: the model's chat template natively, /v1/chat/completions over HTTP). Default:
+    /// native, `lce` when the vocabulary has MathCoder's 8 tokens, else `chat` when the model
+    /// has a recognised chat template; HTTP, `lce`.
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Chat mode on the native backend: the chat template family, instead of the one the
+    /// model's metadata names (or when it names none or one not recognised).
+    #[arg(long, value_enum)]
+    pub chat_template: Option<mathcoder_llm::template::TemplateFamily>,
     #[command(flatten)]
     pub looping: LoopArgs,
     #[command(flatten)]
@@ -388,6 +408,68 @@ impl LoopRunArgs {
         let backend = backend_args.build(concurrency)?;
         let sandbox = self.sandbox.sandbox()?;
         Ok((backend, sandbox, self.looping.config()))
+    }
+
+    /// Like [`LoopRunArgs::prepare`], with the solver the mode names: the LCE backend, or a
+    /// chat model (the native engine through its chat template, or the server's chat
+    /// completions) with the loop's limits (`--max-blocks` requests of `--max-new-tokens`
+    /// tokens each).
+    pub fn prepare_solver(
+        &self,
+        concurrency: usize,
+    ) -> Result<(mathcoder_runner::Solver, Sandbox, SolveConfig)> {
+        use mathcoder_runner::Solver;
+        let spec = self.backend.spec(concurrency);
+        let looping = self.looping.config();
+        let chat_config = mathcoder_solve::chat::ChatConfig {
+            style: mathcoder_lce::chat::ChatStyle::Fences,
+            max_rounds: looping.max_blocks,
+            max_tokens: looping.max_new_tokens,
+            temperature: looping.temperature,
+            top_p: looping.top_p,
+        };
+        if self.chat_template.is_some() && spec.kind != BackendKind::Native {
+            bail!("--chat-template is for the native backend (a chat server applies its own)");
+        }
+        let solver = if spec.kind == BackendKind::Native {
+            let model = mathcoder_engine::load_native_model(&spec, self.chat_template)?;
+            let mode = match self.mode {
+                Some(m) => m,
+                None if model.lce_tokens => Mode::Lce,
+                None => match &model.template {
+                    Ok(_) => Mode::Chat,
+                    Err(e) => bail!(
+                        "{} cannot solve problems: {}, so it cannot write MathCoder's blocks, and \
+                         it cannot converse either: {e}",
+                        self.backend.model.as_deref().unwrap_or("the model"),
+                        model.lce_missing().unwrap_or_default()
+                    ),
+                },
+            };
+            match mode {
+                Mode::Lce => Solver::Lce(model.backend.clone()),
+                Mode::Chat => Solver::Chat {
+                    model: Arc::new(model.chat()?),
+                    config: chat_config,
+                },
+            }
+        } else {
+            match self.mode.unwrap_or(Mode::Lce) {
+                Mode::Lce => {
+                    spec.check_listening()?;
+                    Solver::Lce(self.backend.build(concurrency)?)
+                }
+                Mode::Chat => {
+                    spec.check_chat_listening()?;
+                    Solver::Chat {
+                        model: Arc::new(spec.build_chat()?),
+                        config: chat_config,
+                    }
+                }
+            }
+        };
+        let sandbox = self.sandbox.sandbox()?;
+        Ok((solver, sandbox, looping))
     }
 }
 

@@ -166,3 +166,54 @@ fn token_limits_and_eval_work_with_the_native_backend() {
             .starts_with("native lce-bigram"));
     }
 }
+
+#[test]
+fn chat_mode_needs_a_chat_template() {
+    // The rigged checkpoint has MathCoder's tokens (so `lce` by default) and no chat template.
+    let out = native(bin().args(["solve", "What is 6*7?", "--mode", "chat"]))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no chat template") && err.contains("--chat-template chatml|llama2"),
+        "{err}"
+    );
+}
+
+/// A real instruct model (Qwen2.5-Coder-0.5B-Instruct, `Q4_K_M`; see
+/// `../shared/docs/small-models.md`) in chat mode: its own chat template from the GGUF, a
+/// ```python fence run in the sandbox, the output fed back, a final `\boxed{}` answer. Skipped
+/// when the model is absent; minutes in a debug build, so run it as
+/// `cargo test --release -p mathcoder --test native -- --ignored qwen`.
+#[test]
+#[ignore = "needs the real model; slow in a debug build (see the doc comment)"]
+fn qwen_solves_a_gsm8k_problem_in_chat_mode() {
+    let model = mathcoder_engine::models_dir().join("qwen2.5-coder-0.5b-instruct.Q4_K_M.gguf");
+    if !model.exists() {
+        eprintln!("skipped: {} is absent", model.display());
+        return;
+    }
+    let v = run_json(
+        bin()
+            .args([
+                "solve",
+                "Natalia sold clips to 48 of her friends in April, and then she sold half as many \
+                 clips in May. How many clips did Natalia sell altogether in April and May?",
+                "--json",
+                "--backend",
+                "native",
+                "--model",
+            ])
+            .arg(&model),
+    );
+    assert_eq!(v["outcome"]["stop"]["kind"], "end_of_message", "{v}");
+    let blocks = v["outcome"]["blocks"].as_array().unwrap();
+    let kind = |k: &str| blocks.iter().filter(|b| b["kind"] == k).count();
+    assert!(
+        kind("code") >= 1 && kind("execution") == kind("code"),
+        "{v}"
+    );
+    let answer = v["answer"].as_str().unwrap();
+    assert!(answer == "72" || answer == "72.0", "{v}");
+}

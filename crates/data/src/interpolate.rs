@@ -21,7 +21,7 @@
 
 use mathcoder_datasets::{Problem, Split};
 use mathcoder_lce::chat::Transcript;
-use mathcoder_llm::chat::{ChatClient, ChatFinish, ChatRequest};
+use mathcoder_llm::chat::{ChatFinish, ChatModel, ChatRequest};
 use rand::{Rng, SeedableRng};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -261,7 +261,7 @@ pub fn interpolate_stats(out: &Path) -> Result<InterpolateStats, DataError> {
 pub async fn interpolate(
     easy: &[Problem],
     hard: &[Problem],
-    client: Arc<ChatClient>,
+    client: Arc<dyn ChatModel>,
     config: &InterpolateConfig,
     progress: Arc<dyn Fn(bool) + Send + Sync>,
 ) -> Result<usize, DataError> {
@@ -325,7 +325,7 @@ pub async fn interpolate(
                     tokens: 0,
                 };
                 let user = interpolation_prompt(&e.question, &h.question);
-                let reply = ask(&client, &user, &prompt, Some(seed.wrapping_add(k as u64))).await;
+                let reply = ask(&*client, &user, &prompt, Some(seed.wrapping_add(k as u64))).await;
                 let mut data = None;
                 match reply {
                     Err(err) => attempt.detail = err.to_string(),
@@ -375,7 +375,7 @@ pub async fn interpolate(
 }
 
 async fn ask(
-    client: &ChatClient,
+    client: &dyn ChatModel,
     user: &str,
     prompt: &PromptConfig,
     seed: Option<u64>,
@@ -582,7 +582,7 @@ pub async fn judge(
     problems: &[InterpolatedProblem],
     source: &str,
     parents: &HashMap<String, String>,
-    client: Arc<ChatClient>,
+    client: Arc<dyn ChatModel>,
     config: &JudgeConfig,
     progress: Arc<dyn Fn(bool) + Send + Sync>,
 ) -> Result<usize, DataError> {
@@ -636,7 +636,7 @@ pub async fn judge(
                 let mut picks = Vec::with_capacity(4);
                 let mut failed: Vec<(usize, String)> = Vec::new();
                 for (a, b) in [(new, &easy), (&easy, new), (new, &hard), (&hard, new)] {
-                    match ask(&client, &judge_prompt(a, b), &prompt, None).await {
+                    match ask(&*client, &judge_prompt(a, b), &prompt, None).await {
                         Ok(r) => picks.push(parse_pick(&r.content)),
                         Err(e) => {
                             failed.push((picks.len(), e.to_string()));

@@ -17,6 +17,7 @@
 //! CPU by default; the `cuda` feature builds candle's CUDA backend (never in CI).
 
 pub mod cache;
+pub mod chat;
 pub mod engine;
 pub mod factory;
 mod gemv;
@@ -27,10 +28,11 @@ mod qmatmul;
 mod quants;
 pub mod sampling;
 
-pub use mathcoder_model::{config, spm, tokenizer, ModelError};
+pub use mathcoder_model::{config, models_dir, spm, tokenizer, ModelError};
 
 pub use config::ModelConfig;
 pub use engine::{Engine, Finish, GenOutput, GenParams, Job, Session};
+pub use chat::{load_native_model, NativeModel};
 pub use factory::{backend, load_native, BuildError};
 pub use load::{load_model, LoadOptions};
 pub use sampling::SamplingParams;

@@ -23,8 +23,11 @@ use mathcoder_lce::chat::{
 use serde_json::{json, Value};
 
 use crate::http::{openai_url, HttpClient, HttpConfig};
+use crate::template::{ChatTemplate, Message, Role};
 use crate::tgi::check_url;
-use crate::BackendError;
+use crate::{Backend, BackendError, FinishReason, GenerateRequest};
+use async_trait::async_trait;
+use std::sync::Arc;
 
 /// One request: an optional system message, the user message, and (for a code interpreter)
 /// the conversation so far and its style.
@@ -152,6 +155,130 @@ impl ChatClient {
     }
 }
 
+/// A chat model: answers a [`ChatRequest`] with a [`ChatReply`]. What a code-interpreter
+/// conversation needs, whoever serves the model: an OpenAI-compatible chat server
+/// ([`ChatClient`]) or a completion backend writing the conversation through the model's chat
+/// template ([`TemplateChat`]: the native engine).
+#[async_trait]
+pub trait ChatModel: Send + Sync {
+    async fn complete(&self, req: &ChatRequest<'_>) -> Result<ChatReply, BackendError>;
+    /// A short description (`chat http://host/v1/chat/completions model`).
+    fn describe(&self) -> String;
+}
+
+#[async_trait]
+impl ChatModel for ChatClient {
+    async fn complete(&self, req: &ChatRequest<'_>) -> Result<ChatReply, BackendError> {
+        ChatClient::complete(self, req).await
+    }
+    fn describe(&self) -> String {
+        ChatClient::describe(self)
+    }
+}
+
+/// A completion [`Backend`] as a chat model: the conversation is rendered through the model's
+/// [`ChatTemplate`] with the generation prompt, and generation stops at the template's end of
+/// turn or (`fences`) where a code fence closes. Like a chat server, the reply holds neither
+/// stop. Tool calling (`tools`) needs a server that parses calls, so only `fences` and plain
+/// prompts are served.
+pub struct TemplateChat {
+    backend: Arc<dyn Backend>,
+    template: ChatTemplate,
+    /// The text of a beginning-of-sequence token that the backend adds itself, removed from the
+    /// front of a rendering that starts with it (Llama-2's template writes `bos_token`).
+    bos_added: Option<String>,
+}
+
+impl TemplateChat {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        template: ChatTemplate,
+        bos_added: Option<String>,
+    ) -> TemplateChat {
+        TemplateChat {
+            backend,
+            template,
+            bos_added,
+        }
+    }
+
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// The prompt sent for `req`: its messages rendered, then the generation prompt.
+    pub fn prompt(&self, req: &ChatRequest<'_>) -> Result<String, BackendError> {
+        if req.style == Some(ChatStyle::Tools) {
+            return Err(BackendError::Config(
+                "a model run through its chat template has no tool calling: use the `fences` \
+                 chat style"
+                    .into(),
+            ));
+        }
+        let text = self
+            .template
+            .render(&plain_messages(req), true)
+            .map_err(|e| BackendError::Config(e.to_string()))?;
+        Ok(match self.bos_added.as_deref() {
+            Some(b) if !b.is_empty() => text.strip_prefix(b).map(str::to_string).unwrap_or(text),
+            _ => text,
+        })
+    }
+
+    /// The stop sequences of a request: the end of turn, and in `fences` the ends of a fence.
+    pub fn stops(&self, req: &ChatRequest<'_>) -> Vec<String> {
+        let mut stop = vec![self.template.end_of_turn().to_string()];
+        if req.style == Some(ChatStyle::Fences) {
+            stop.extend(FENCE_STOPS.iter().map(|s| s.to_string()));
+        }
+        stop
+    }
+}
+
+#[async_trait]
+impl ChatModel for TemplateChat {
+    async fn complete(&self, req: &ChatRequest<'_>) -> Result<ChatReply, BackendError> {
+        let stop = self.stops(req);
+        let g = self
+            .backend
+            .generate(&GenerateRequest {
+                prompt: self.prompt(req)?,
+                max_new_tokens: req.max_tokens,
+                stop: stop.clone(),
+                temperature: req.temperature,
+                top_p: req.top_p,
+                seed: req.seed,
+                truncate: None,
+            })
+            .await?;
+        let mut content = g.text.as_str();
+        if g.finish == FinishReason::Stop {
+            if let Some(s) = stop.iter().find(|s| content.ends_with(s.as_str())) {
+                content = &content[..content.len() - s.len()];
+            }
+        }
+        Ok(ChatReply {
+            content: content.to_string(),
+            tool_calls: Vec::new(),
+            finish: match g.finish {
+                FinishReason::Stop | FinishReason::EndOfSequence => ChatFinish::Stop,
+                FinishReason::Length => ChatFinish::Length,
+            },
+            prompt_tokens: g.prompt_tokens,
+            completion_tokens: g.generated_tokens,
+            retries: g.retries,
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} (chat template {})",
+            self.backend.describe(),
+            self.template.family().name()
+        )
+    }
+}
+
 /// The `tools` field: one function running Python.
 pub fn tools_field() -> Value {
     json!([{
@@ -172,15 +299,20 @@ pub fn tools_field() -> Value {
 
 /// The messages of a request, the transcript rendered in its style.
 pub fn messages(req: &ChatRequest<'_>) -> Vec<Value> {
+    if req.style != Some(ChatStyle::Tools) {
+        return plain_messages(req)
+            .into_iter()
+            .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
+            .collect();
+    }
     let mut m = Vec::with_capacity(req.transcript.turns.len() + 2);
     if let Some(s) = req.system {
         m.push(json!({"role": "system", "content": s}));
     }
     m.push(json!({"role": "user", "content": req.user}));
-    let style = req.style.unwrap_or_default();
     for t in &req.transcript.turns {
-        match (t, style) {
-            (Turn::Assistant { prose, calls }, ChatStyle::Tools) if !calls.is_empty() => {
+        match t {
+            Turn::Assistant { prose, calls } if !calls.is_empty() => {
                 let calls: Vec<Value> = calls
                     .iter()
                     .map(|c| {
@@ -201,20 +333,35 @@ pub fn messages(req: &ChatRequest<'_>) -> Vec<Value> {
                 };
                 m.push(json!({"role": "assistant", "content": content, "tool_calls": calls}));
             }
-            (Turn::Assistant { prose, calls }, ChatStyle::Fences) if !calls.is_empty() => {
-                let code: Vec<&str> = calls.iter().map(|c| c.code.as_str()).collect();
-                m.push(json!({"role": "assistant", "content": fenced_message(prose, &code.join("\n"))}));
-            }
-            (Turn::Assistant { prose, .. }, _) => {
+            Turn::Assistant { prose, .. } => {
                 m.push(json!({"role": "assistant", "content": prose}));
             }
-            (Turn::Output { id, text }, ChatStyle::Tools) => {
+            Turn::Output { id, text } => {
                 m.push(json!({"role": "tool", "tool_call_id": id, "content": text}));
             }
-            (Turn::Output { text, .. }, ChatStyle::Fences) => {
-                m.push(json!({"role": "user", "content": output_message(text)}));
-            }
         }
+    }
+    m
+}
+
+/// The messages of a plain or `fences`-style request as role and text (the one rendering of a
+/// fenced conversation, for the wire and for chat templates): assistant turns with code as the
+/// fenced message, outputs as user messages ([`output_message`]).
+pub fn plain_messages(req: &ChatRequest<'_>) -> Vec<Message> {
+    let mut m = Vec::with_capacity(req.transcript.turns.len() + 2);
+    if let Some(s) = req.system {
+        m.push(Message::new(Role::System, s));
+    }
+    m.push(Message::new(Role::User, req.user));
+    for t in &req.transcript.turns {
+        m.push(match t {
+            Turn::Assistant { prose, calls } if !calls.is_empty() => {
+                let code: Vec<&str> = calls.iter().map(|c| c.code.as_str()).collect();
+                Message::new(Role::Assistant, fenced_message(prose, &code.join("\n")))
+            }
+            Turn::Assistant { prose, .. } => Message::new(Role::Assistant, prose.clone()),
+            Turn::Output { text, .. } => Message::new(Role::User, output_message(text)),
+        });
     }
     m
 }

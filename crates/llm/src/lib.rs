@@ -13,6 +13,7 @@ pub mod chat;
 pub mod http;
 pub mod openai;
 pub mod spec;
+pub mod template;
 pub mod tgi;
 
 pub use spec::{BackendKind, BackendSpec, NativeDtype, NativeQuant, NativeSpec};

@@ -78,6 +78,43 @@ fn side_file_tokens(dir: &Path) -> Vec<String> {
     out
 }
 
+/// The chat template a checkpoint names, as Jinja source: a GGUF file's
+/// `tokenizer.chat_template`, or the `chat_template` of a checkpoint directory's
+/// `tokenizer_config.json` (a string, or a list of named templates: the one named `default`).
+/// `None` when it names none.
+pub fn chat_template(path: &Path) -> Result<Option<String>, ModelError> {
+    if crate::checkpoint::is_gguf(path) {
+        let mut file = std::fs::File::open(path)
+            .map_err(|e| ModelError::Load(format!("{}: {e}", path.display())))?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| ModelError::Load(format!("{}: {e}", path.display())))?;
+        return Ok(content
+            .metadata
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok().cloned()));
+    }
+    let dir = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(Path::new("."))
+    };
+    let file = dir.join("tokenizer_config.json");
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return Ok(None);
+    };
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", file.display())))?;
+    Ok(match &v["chat_template"] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .find(|t| t["name"] == "default")
+            .and_then(|t| t["template"].as_str())
+            .map(str::to_string),
+        _ => None,
+    })
+}
+
 impl Tok {
     /// Loads `dir/tokenizer.json` (or a `tokenizer.json` path).
     pub fn from_path(path: &Path) -> Result<Tok, ModelError> {

@@ -13,9 +13,11 @@ use mathcoder_datasets::Problem;
 use mathcoder_grade::{Dataset, Grader, Verdict};
 use mathcoder_lce::record::OutputRecord;
 use mathcoder_lce::{RunInfo, RunRecord, StoredVerdict, DEFAULT_SYSTEM_PROMPT};
+use mathcoder_llm::chat::ChatModel;
 use mathcoder_llm::Backend;
 use mathcoder_sandbox::Sandbox;
-use mathcoder_solve::{solve, Outcome, SolveConfig};
+use mathcoder_solve::chat::ChatConfig;
+use mathcoder_solve::{solve, Observer, Outcome, SolveConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashSet;
@@ -69,7 +71,8 @@ fn executed() -> bool {
 }
 
 impl RunIdentity {
-    /// The identity of a run with `config` on the backend `backend` describes itself as.
+    /// The identity of a run with `config` on the backend `backend` describes itself as (an
+    /// LCE run).
     pub fn of(config: &RunConfig, backend: &str) -> RunIdentity {
         RunIdentity {
             dataset: config.dataset.clone(),
@@ -82,11 +85,89 @@ impl RunIdentity {
             execute: config.solve.execute,
         }
     }
+
+    /// The identity of a run with `config` by `solver` (its description and system prompt).
+    pub fn of_solver(config: &RunConfig, solver: &Solver) -> RunIdentity {
+        let mut id = RunIdentity::of(config, &solver.describe());
+        id.system = solver.system(&config.solve).to_string();
+        id
+    }
     pub fn dataset(&self) -> &str {
         &self.dataset
     }
     pub fn backend(&self) -> &str {
         &self.backend
+    }
+}
+
+/// Who writes the solutions: an LCE model through the generate/execute loop, or a chat model
+/// through the code-interpreter conversation (`mathcoder_solve::chat`), whose transcript
+/// becomes the same blocks.
+#[derive(Clone)]
+pub enum Solver {
+    Lce(Arc<dyn Backend>),
+    Chat {
+        model: Arc<dyn ChatModel>,
+        config: ChatConfig,
+    },
+}
+
+impl From<Arc<dyn Backend>> for Solver {
+    fn from(b: Arc<dyn Backend>) -> Solver {
+        Solver::Lce(b)
+    }
+}
+
+impl Solver {
+    /// The backend's description; a chat solver's says so, with its style.
+    pub fn describe(&self) -> String {
+        match self {
+            Solver::Lce(b) => b.describe(),
+            Solver::Chat { model, config } => {
+                format!("chat {}: {}", config.style.name(), model.describe())
+            }
+        }
+    }
+
+    /// The system prompt of the solutions (written into every record).
+    pub fn system<'a>(&self, solve: &'a SolveConfig) -> &'a str {
+        match self {
+            Solver::Lce(_) => &solve.template.system,
+            Solver::Chat { config, .. } => mathcoder_lce::chat::system_prompt(config.style),
+        }
+    }
+
+    /// Solves one problem: the loop's outcome (a chat solver's conversation as one; its answer
+    /// is what the grader extracts from the final message).
+    pub async fn solve(
+        &self,
+        question: &str,
+        sandbox: &Sandbox,
+        solve_cfg: &SolveConfig,
+        observer: &mut dyn Observer,
+    ) -> Outcome {
+        match self {
+            Solver::Lce(b) => solve(question, b.as_ref(), sandbox, solve_cfg, observer).await,
+            Solver::Chat { model, config } => {
+                let config = ChatConfig {
+                    temperature: solve_cfg.temperature,
+                    top_p: solve_cfg.top_p,
+                    ..config.clone()
+                };
+                let answer = |prose: &str| mathcoder_grade::extract(prose).ok().map(|e| e.answer);
+                mathcoder_solve::chat::converse(
+                    model.as_ref(),
+                    sandbox,
+                    &config,
+                    question,
+                    solve_cfg.seed,
+                    &answer,
+                    observer,
+                )
+                .await
+                .outcome()
+            }
+        }
     }
 }
 
@@ -173,12 +254,12 @@ pub fn run_record(
     sample: usize,
     outcome: &Outcome,
     verdict: &Verdict,
-    config: &SolveConfig,
+    system: &str,
     backend: &str,
 ) -> RunRecord {
     let record = mathcoder_lce::run::output_record(
         &p.id,
-        &config.template.system,
+        system,
         &p.question,
         p.answer.clone().map_or(Value::Null, Value::String),
         p.solution.clone(),
@@ -214,12 +295,12 @@ pub fn run_record(
     }
 }
 
-/// Runs `problems` (each `config.samples` times) on `backend` and appends the graded records to
-/// `out/results.jsonl`; each record is graded here, once. Returns the number of records written
-/// by this call.
+/// Runs `problems` (each `config.samples` times) by `solver` (an LCE backend or a chat model)
+/// and appends the graded records to `out/results.jsonl`; each record is graded here, once.
+/// Returns the number of records written by this call.
 pub async fn run(
     problems: &[Problem],
-    backend: Arc<dyn Backend>,
+    solver: impl Into<Solver>,
     sandbox: Sandbox,
     grader: Arc<Grader>,
     config: &RunConfig,
@@ -237,7 +318,9 @@ pub async fn run(
             p.id
         )));
     }
-    let identity = RunIdentity::of(config, &backend.describe());
+    let solver: Solver = solver.into();
+    let identity = RunIdentity::of_solver(config, &solver);
+    let system: Arc<str> = solver.system(&config.solve).into();
     std::fs::create_dir_all(&config.out).map_err(io(&config.out))?;
     let ident_path = config.out.join("run.json");
     match std::fs::read(&ident_path) {
@@ -300,14 +383,15 @@ pub async fn run(
             .acquire_owned()
             .await
             .map_err(|_| RunError::Invalid("closed".into()))?;
-        let (problems, backend, sandbox, grader, tx, progress, backend_name) = (
+        let (problems, solver, sandbox, grader, tx, progress, backend_name, system) = (
             problems.clone(),
-            backend.clone(),
+            solver.clone(),
             sandbox.clone(),
             grader.clone(),
             tx.clone(),
             progress.clone(),
             backend_name.clone(),
+            system.clone(),
         );
         let mut solve_cfg = config.solve.clone();
         if config.samples > 1 {
@@ -317,14 +401,16 @@ pub async fn run(
         tasks.spawn(async move {
             let _permit = permit;
             let p = &problems[i];
-            let outcome = solve(&p.question, backend.as_ref(), &sandbox, &solve_cfg, &mut ()).await;
+            let outcome = solver
+                .solve(&p.question, &sandbox, &solve_cfg, &mut ())
+                .await;
             let verdict = grader.grade(
                 conventions,
                 p.gold(),
                 outcome.completion(),
                 Some(&p.question),
             );
-            let record = run_record(p, s, &outcome, &verdict, &solve_cfg, &backend_name);
+            let record = run_record(p, s, &outcome, &verdict, &system, &backend_name);
             let line = match record.to_line() {
                 Ok(l) => l,
                 Err(e) => return Err(RunError::Invalid(format!("serializing a record: {e}"))),

@@ -9,6 +9,8 @@
 //! sandbox's), `<empty_execution>` for empty output. The loop is backend-agnostic: anything that
 //! implements [`Backend`] drives it.
 
+pub mod chat;
+
 use mathcoder_lce::{parse_round, Block, BlockKind, PromptTemplate, SpecialToken};
 use mathcoder_llm::{Backend, FinishReason, GenerateRequest};
 use mathcoder_sandbox::{ExecutionKind, Sandbox, Session};

@@ -47,6 +47,14 @@ impl ChatArgs {
         sandbox: Sandbox,
         looping: &SolveConfig,
     ) -> Result<ChatTeacher> {
+        if backend.backend == mathcoder_llm::BackendKind::Native
+            && self.chat_style == ChatStyle::Tools
+        {
+            bail!(
+                "the native chat teacher runs the model through its chat template, which has no \
+                 tool calling: add --chat-style fences"
+            );
+        }
         let client = chat_client(backend, concurrency)?;
         Ok(ChatTeacher::new(
             client,
@@ -62,12 +70,17 @@ impl ChatArgs {
     }
 }
 
-/// The chat client the backend flags name (checked to be listening first).
+/// The chat model the backend flags name: a chat server (checked to be listening first), or the
+/// native engine through the model's chat template.
 pub fn chat_client(
     backend: &BackendArgs,
     concurrency: usize,
-) -> Result<Arc<mathcoder_llm::chat::ChatClient>> {
+) -> Result<Arc<dyn mathcoder_llm::chat::ChatModel>> {
     let spec = backend.spec(concurrency);
+    if spec.kind == mathcoder_llm::BackendKind::Native {
+        let model = mathcoder_engine::load_native_model(&spec, None)?;
+        return Ok(Arc::new(model.chat()?));
+    }
     spec.check_chat_listening()?;
     Ok(Arc::new(spec.build_chat()?))
 }

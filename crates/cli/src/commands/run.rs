@@ -61,16 +61,16 @@ pub fn solve(a: SolveArgs) -> Result<i32> {
         (None, None) => bail!("give a question, or --file PATH"),
     };
     // Says at once when no server is running, before the sandbox is prepared.
-    let (backend, sandbox, config) = a.run.prepare(1)?;
+    let (solver, sandbox, config) = a.run.prepare_solver(1)?;
     let rt = tokio::runtime::Runtime::new()?;
     let mut term = Terminal {
         color: std::io::stdout().is_terminal(),
     };
     let outcome = rt.block_on(async {
         if a.json {
-            mathcoder_solve::solve(&question, backend.as_ref(), &sandbox, &config, &mut ()).await
+            solver.solve(&question, &sandbox, &config, &mut ()).await
         } else {
-            mathcoder_solve::solve(&question, backend.as_ref(), &sandbox, &config, &mut term).await
+            solver.solve(&question, &sandbox, &config, &mut term).await
         }
     });
     let extracted = mathcoder_grade::extract(outcome.completion())
@@ -134,7 +134,7 @@ pub struct EvalArgs {
 pub fn eval(a: EvalArgs) -> Result<i32> {
     let (name, problems, conventions) = super::load_problems(&a.dataset, a.conventions, a.limit)?;
     // Nothing listening at the start: say so at once, rather than failing every problem.
-    let (backend, sandbox, solve) = a.run.prepare(a.concurrency)?;
+    let (solver, sandbox, solve) = a.run.prepare_solver(a.concurrency)?;
     let grader = Arc::new(Grader::new(a.grading.options()));
     let config = RunConfig {
         out: a.out.clone(),
@@ -185,7 +185,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(mathcoder_runner::run(
         &problems,
-        backend.clone(),
+        solver.clone(),
         sandbox,
         grader.clone(),
         &config,
@@ -197,8 +197,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
     let results = mathcoder_runner::results_path(&a.out);
     let records = mathcoder_lce::run::read_run_records(&results)?;
     let plain: Vec<mathcoder_lce::RunRecord> = records.iter().map(|n| n.record.clone()).collect();
-    let mut summary =
-        aggregate::summarize(&plain, &name, &backend.describe(), conventions, &grader);
+    let mut summary = aggregate::summarize(&plain, &name, &solver.describe(), conventions, &grader);
     if !a.reference.is_empty() {
         let files = mathcoder_lce::record_files(&a.reference)?;
         summary.reference = Some(mathcoder_runner::reference::compare(
