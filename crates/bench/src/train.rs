@@ -17,7 +17,7 @@ use candle_nn::{VarBuilder, VarMap};
 use mathcoder_model::llama::nll;
 use mathcoder_model::{Llama, ModelConfig};
 use mathcoder_train::lora::{parse_targets, Adapter, LoraConfig};
-use mathcoder_train::optim::{clip_grad_norm, AdamW, AdamWParams};
+use mathcoder_train::optim::{AdamW, AdamWParams};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -143,7 +143,7 @@ fn step(
     let value = f64::from(loss.to_scalar::<f32>()?);
     let t1 = Instant::now();
     let grads = loss.backward()?;
-    let mut g = opt
+    let g = opt
         .vars
         .iter()
         .map(|(n, v)| {
@@ -154,8 +154,7 @@ fn step(
         })
         .collect::<Result<Vec<_>>>()?;
     let t2 = Instant::now();
-    clip_grad_norm(&mut g, 1.0)?;
-    opt.step(&g, 1e-5)?;
+    opt.clip_and_step(&g, 1.0, 1e-5)?;
     let t3 = Instant::now();
     parts.forward += (t1 - t0).as_secs_f64();
     parts.backward += (t2 - t1).as_secs_f64();
