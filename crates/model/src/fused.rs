@@ -807,7 +807,6 @@ impl CustomOp3 for NllGrad {
     }
 }
 
-/// Per-row cross-entropy `[n]` of `logits` `[n, vocab]` (f32) against `targets` `[n]` (u32):
 // ---------------------------------------------------------------------------------------------
 // Linear layers
 
@@ -1098,6 +1097,7 @@ pub fn embed_rows(w: &Tensor, ids: &[u32], rows: &Tensor, tokens: &Tensor) -> Re
     })
 }
 
+/// Per-row cross-entropy `[n]` of `logits` `[n, vocab]` (f32) against `targets` `[n]` (u32):
 /// `logsumexp(row) - row[target]`.
 pub fn nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     logits.contiguous()?.apply_op2(&targets.contiguous()?, Nll)

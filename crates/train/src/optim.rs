@@ -364,7 +364,9 @@ mod tests {
             for step in 1..=3 {
                 let g = val(step + 7, gscale);
                 let lr = 1e-3 * f64::from(step);
-                let norm = opt.clip_and_step(&[g.clone()], 1.0, lr).unwrap();
+                let norm = opt
+                    .clip_and_step(std::slice::from_ref(&g), 1.0, lr)
+                    .unwrap();
                 // Reference: clip_grad_norm_ then the update as composed candle ops.
                 let mut gs = vec![g];
                 let ref_norm = clip_grad_norm(&mut gs, 1.0).unwrap();
