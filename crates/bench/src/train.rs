@@ -6,13 +6,18 @@
 //! Every measurement runs in a process of its own (so that peak RSS is its own), and ours and
 //! PyTorch's alternate in back-to-back pairs, first one then the other, then the other way
 //! round: on a shared machine only the ratio within a pair means much.
+//!
+//! With `--lora-rank N` the step is a LoRA run's (`mathcoder train --lora-rank N`): the model
+//! frozen, an adapter on `--lora-targets` plus MathCoder's eight token rows trained; the
+//! reference is then PEFT's `LoraConfig` with `trainable_token_indices` on the same model.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use mathcoder_model::llama::nll;
 use mathcoder_model::{Llama, ModelConfig};
-use mathcoder_train::optim::{clip_grad_norm, AdamW, AdamWParams};
+use mathcoder_train::lora::{parse_targets, Adapter, LoraConfig};
+use mathcoder_train::optim::{AdamW, AdamWParams};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -89,6 +94,16 @@ pub struct TrainBenchArgs {
     /// The reference driver.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/bench-train-reference.py"))]
     reference_script: PathBuf,
+    /// Measure a LoRA run's step with this rank (the frozen model, an adapter and MathCoder's
+    /// eight token rows trained); PyTorch's is PEFT's (needs `peft`).
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// LoRA's alpha.
+    #[arg(long, default_value_t = mathcoder_train::lora::DEFAULT_ALPHA)]
+    lora_alpha: f64,
+    /// LoRA's target modules (`q_proj,v_proj,...` or `all-linear`).
+    #[arg(long, default_value = "q_proj,v_proj")]
+    lora_targets: String,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -128,7 +143,7 @@ fn step(
     let value = f64::from(loss.to_scalar::<f32>()?);
     let t1 = Instant::now();
     let grads = loss.backward()?;
-    let mut g = opt
+    let g = opt
         .vars
         .iter()
         .map(|(n, v)| {
@@ -139,8 +154,7 @@ fn step(
         })
         .collect::<Result<Vec<_>>>()?;
     let t2 = Instant::now();
-    clip_grad_norm(&mut g, 1.0)?;
-    opt.step(&g, 1e-5)?;
+    opt.clip_and_step(&g, 1.0, 1e-5)?;
     let t3 = Instant::now();
     parts.forward += (t1 - t0).as_secs_f64();
     parts.backward += (t2 - t1).as_secs_f64();
@@ -153,15 +167,27 @@ fn child(a: &TrainBenchArgs) -> Result<i32> {
     let config = ModelConfig::from_hf_json(&shape.hf_config().to_string())?;
     let device = Device::Cpu;
     let vars = VarMap::new();
-    let model = Llama::new(&config, VarBuilder::from_varmap(&vars, DType::F32, &device))?;
-    let mut named: Vec<(String, Var)> = vars
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("the variable map's lock is poisoned"))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    named.sort_by(|x, y| x.0.cmp(&y.0));
+    let mut model = Llama::new(&config, VarBuilder::from_varmap(&vars, DType::F32, &device))?;
+    let named: Vec<(String, Var)> = match lora_config(a)? {
+        Some(l) => {
+            // MathCoder's eight tokens are the vocabulary's last ids, as after `train` adds them.
+            let ids = (config.vocab_size as u32 - 8..config.vocab_size as u32).collect();
+            let adapter = Adapter::new(l, &config, ids, &vars, 42, &device)?;
+            adapter.attach(&mut model)?;
+            adapter.vars
+        }
+        None => {
+            let mut named: Vec<(String, Var)> = vars
+                .data()
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the variable map's lock is poisoned"))?
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            named.sort_by(|x, y| x.0.cmp(&y.0));
+            named
+        }
+    };
     let parameters: usize = named.iter().map(|(_, v)| v.elem_count()).sum();
     let mut opt = AdamW::new(named, AdamWParams::default())?;
     let (b, t) = (a.micro_batch, a.seq_len);
@@ -205,6 +231,35 @@ fn child(a: &TrainBenchArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// The LoRA settings of `--lora-rank` (none without it).
+fn lora_config(a: &TrainBenchArgs) -> Result<Option<LoraConfig>> {
+    let Some(rank) = a.lora_rank else {
+        return Ok(None);
+    };
+    let l = LoraConfig {
+        rank,
+        alpha: a.lora_alpha,
+        targets: parse_targets(&a.lora_targets)?,
+    };
+    l.check()?;
+    Ok(Some(l))
+}
+
+/// `--lora-rank`, `--lora-alpha`, `--lora-targets` for the child process.
+fn lora_args(a: &TrainBenchArgs) -> Vec<String> {
+    match a.lora_rank {
+        Some(r) => vec![
+            "--lora-rank".into(),
+            r.to_string(),
+            "--lora-alpha".into(),
+            a.lora_alpha.to_string(),
+            "--lora-targets".into(),
+            a.lora_targets.clone(),
+        ],
+        None => Vec::new(),
+    }
+}
+
 fn common_args(a: &TrainBenchArgs) -> [String; 4] {
     [
         a.seq_len.to_string(),
@@ -226,6 +281,7 @@ fn run_ours(a: &TrainBenchArgs, shape: Shape) -> Result<Value> {
         .args(["train", "--child", "--model", &name])
         .args(["--seq-len", &seq, "--micro-batch", &mb])
         .args(["--warmup", &warm, "--steps", &steps])
+        .args(lora_args(a))
         .env("RAYON_NUM_THREADS", a.threads.to_string())
         .stderr(std::process::Stdio::inherit())
         .output()?;
@@ -236,11 +292,25 @@ fn run_ours(a: &TrainBenchArgs, shape: Shape) -> Result<Value> {
 }
 
 fn run_reference(py: &std::path::Path, a: &TrainBenchArgs, shape: Shape) -> Result<Value> {
+    let lora = match lora_config(a)? {
+        Some(l) => {
+            let vocab = shape.hf_config()["vocab_size"].as_u64().unwrap_or(8);
+            vec![json!({
+                "r": l.rank,
+                "alpha": l.alpha,
+                "targets": l.targets.iter().map(|w| mathcoder_train::lora::module_name(*w)).collect::<Vec<_>>(),
+                "token_ids": (vocab - 8..vocab).collect::<Vec<_>>(),
+            })
+            .to_string()]
+        }
+        None => Vec::new(),
+    };
     let out = std::process::Command::new(py)
         .arg(&a.reference_script)
         .arg(shape.hf_config().to_string())
         .arg(a.threads.to_string())
         .args(common_args(a))
+        .args(lora)
         .env("OMP_NUM_THREADS", a.threads.to_string())
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -328,6 +398,7 @@ pub fn train(a: TrainBenchArgs) -> Result<i32> {
         }));
     }
     let report = json!({
+        "lora": lora_config(&a)?.map(|l| l.describe()),
         "threads": a.threads,
         "seq_len": a.seq_len,
         "micro_batch": a.micro_batch,
@@ -340,7 +411,8 @@ pub fn train(a: TrainBenchArgs) -> Result<i32> {
         return Ok(0);
     }
     println!(
-        "training step (forward, backward, clip, AdamW), f32, {} threads, {} rows x {} tokens, {} timed steps after {} warm-up, medians of {} alternating pairs",
+        "training step (forward, backward, clip, AdamW{}), f32, {} threads, {} rows x {} tokens, {} timed steps after {} warm-up, medians of {} alternating pairs",
+        lora_config(&a)?.map_or(String::new(), |l| format!("; LoRA {}", l.describe())),
         a.threads, a.micro_batch, a.seq_len, a.steps, a.warmup, a.pairs.max(1)
     );
     println!(

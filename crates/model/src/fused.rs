@@ -17,6 +17,12 @@
 //! * [`silu_mul`]: SwiGLU's `silu(gate) · up`.
 //! * [`nll`]: per-row cross-entropy `logsumexp(logits) - logits[target]` without materialising
 //!   the log-probabilities.
+//! * [`linear`]: `x · wᵀ` whose backward pass computes the weight's gradient (`gᵀ · x`, straight
+//!   in `w`'s `[out, in]` layout) only when `w` is tracked: a frozen weight (a LoRA run's base)
+//!   costs the input's gradient only.
+//! * [`linear_rows`] and [`embed_rows`]: the output projection and the embedding lookup of a
+//!   frozen matrix some of whose rows are trainable (PEFT's trainable tokens): the gradient
+//!   reaches those rows only, never the `[vocab, hidden]` matrix.
 //!
 //! The kernels need f32 tensors on the CPU ([`applies`]); elsewhere (CUDA, other dtypes) the
 //! model uses the composed ops. Each has a test against the composed version, forward and
@@ -150,8 +156,13 @@ impl CustomOp2 for RmsNorm {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = g.contiguous()?;
         let dx = x.apply_op3_no_bwd(w, &g, &RmsNormGradX { eps: self.eps })?;
-        let dw = x.apply_op2_no_bwd(&g, &RmsNormGradW { eps: self.eps })?;
-        Ok((Some(dx), Some(dw)))
+        // A frozen (detached) weight gets no gradient.
+        let dw = if w.track_op() {
+            Some(x.apply_op2_no_bwd(&g, &RmsNormGradW { eps: self.eps })?)
+        } else {
+            None
+        };
+        Ok((Some(dx), dw))
     }
 }
 
@@ -796,6 +807,296 @@ impl CustomOp3 for NllGrad {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Linear layers
+
+/// `dst = a · b` for `a` `[m, k]` and `b` `[k, n]` given as (row, column) element strides,
+/// `dst` row-major `[m, n]`, with the `gemm` crate on candle's thread count (as candle's own
+/// matmul).
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+) -> Result<()> {
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| {
+        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
+    };
+    if dst.len() != m * n
+        || (m * k > 0 && last(m, a_rs, k, a_cs) >= a.len())
+        || (k * n > 0 && last(k, b_rs, n, b_cs) >= b.len())
+    {
+        bail!("linear: operand sizes do not fit [{m}, {k}] x [{k}, {n}]")
+    }
+    if m * n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        dst.fill(0.0);
+        return Ok(());
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every element the strides address lies inside its slice (checked above), `dst`
+    // is exclusively borrowed, row-major [m, n], and overwritten (`read_dst` false).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    Ok(())
+}
+
+/// `x · wᵀ` for `x` `[n, in]` and `w` `[out, in]` (contiguous): `[n, out]`.
+fn linear_fwd(x: &[f32], w: &[f32], n: usize, inp: usize, out: usize) -> Result<Vec<f32>> {
+    let mut y = vec![0f32; n * out];
+    gemm_into(&mut y, (n, out, inp), x, (inp, 1), w, (1, inp))?;
+    Ok(y)
+}
+
+fn linear_dims(l1: &Layout, l2: &Layout, op: &str) -> Result<(usize, usize, usize)> {
+    match (l1.dims(), l2.dims()) {
+        (&[n, i], &[o, wi]) if i == wi => Ok((n, i, o)),
+        (a, b) => bail!("{op}: [n, in] x [out, in] expected, not {a:?} x {b:?}"),
+    }
+}
+
+/// `gᵀ · x`: the weight gradient `[out, in]` of `x · wᵀ` (`g` `[n, out]`, `x` `[n, in]`).
+fn weight_grad(x: &Tensor, g: &Tensor) -> Result<Tensor> {
+    x.detach().apply_op2_no_bwd(g, &WeightGrad)
+}
+
+struct WeightGrad;
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "fused-linear-grad-w"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s1, l1, self.name())?;
+        let g = f32s(s2, l2, self.name())?;
+        let ((n, inp), (gn, out)) = (l1.shape().dims2()?, l2.shape().dims2()?);
+        if gn != n {
+            bail!("linear backward: gradient shape")
+        }
+        let mut dw = vec![0f32; out * inp];
+        // [out, n] (g transposed) x [n, in].
+        gemm_into(&mut dw, (out, inp, n), g, (1, out), x, (inp, 1))?;
+        Ok((CpuStorage::F32(dw), Shape::from((out, inp))))
+    }
+}
+
+struct Linear;
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, inp, out) = linear_dims(l1, l2, self.name())?;
+        let x = f32s(s1, l1, self.name())?;
+        let w = f32s(s2, l2, self.name())?;
+        let y = linear_fwd(x, w, n, inp, out)?;
+        Ok((CpuStorage::F32(y), Shape::from((n, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let dx = if x.track_op() {
+            Some(g.matmul(&w.detach())?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(weight_grad(x, &g)?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// `x · wᵀ` for `x` `[n, in]` and `w` `[out, in]` (f32, CPU). The weight's gradient is computed
+/// only when `w` is tracked (a variable, or computed from one); a detached (frozen) weight
+/// costs only the input's gradient.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, Linear)
+}
+
+/// Token ids as a `u32` tensor for `index_select`.
+fn ids_tensor(ids: &[u32], device: &candle_core::Device) -> Result<Tensor> {
+    Tensor::new(ids, device)
+}
+
+/// `x · w'ᵀ` where `w'` is the frozen `w` with rows `ids` replaced by the trainable `rows`.
+struct LinearRows {
+    /// The merged matrix `[out, in]`, detached.
+    merged: Tensor,
+    ids: Vec<u32>,
+}
+
+impl CustomOp2 for LinearRows {
+    fn name(&self) -> &'static str {
+        "fused-linear-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        _s2: &CpuStorage,
+        _l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (storage, lw) = self.merged.storage_and_layout();
+        let candle_core::Storage::Cpu(sw) = &*storage else {
+            bail!("{}: CPU tensors expected", self.name())
+        };
+        let (n, inp, out) = linear_dims(l1, lw, self.name())?;
+        let x = f32s(s1, l1, self.name())?;
+        let w = f32s(sw, lw, self.name())?;
+        let y = linear_fwd(x, w, n, inp, out)?;
+        Ok((CpuStorage::F32(y), Shape::from((n, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _rows: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let dx = if x.track_op() {
+            Some(g.matmul(&self.merged)?)
+        } else {
+            None
+        };
+        // Only the rows' columns of the output gradient: [n, k].
+        let gk = g.index_select(&ids_tensor(&self.ids, g.device())?, 1)?;
+        Ok((dx, Some(weight_grad(x, &gk)?)))
+    }
+}
+
+/// `x · w'ᵀ` (`x` `[n, in]`) where `w'` is the frozen `w` `[out, in]` with the rows `ids`
+/// (ascending) replaced by `rows` `[ids.len(), in]`: PEFT's trainable tokens on an output
+/// matrix. The gradient reaches `x` and `rows` only.
+pub fn linear_rows(x: &Tensor, w: &Tensor, ids: &[u32], rows: &Tensor) -> Result<Tensor> {
+    let merged = crate::llama::replace_rows(&w.detach(), ids, &rows.detach())?.contiguous()?;
+    x.contiguous()?.apply_op2(
+        rows,
+        LinearRows {
+            merged,
+            ids: ids.to_vec(),
+        },
+    )
+}
+
+/// The embeddings of `tokens` from a frozen matrix whose rows `ids` are replaced by `rows`.
+struct EmbedRows {
+    merged: Tensor,
+    tokens: Vec<u32>,
+    ids: Vec<u32>,
+}
+
+impl CustomOp1 for EmbedRows {
+    fn name(&self) -> &'static str {
+        "fused-embed-rows"
+    }
+
+    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (storage, lw) = self.merged.storage_and_layout();
+        let candle_core::Storage::Cpu(sw) = &*storage else {
+            bail!("{}: CPU tensors expected", self.name())
+        };
+        let w = f32s(sw, lw, self.name())?;
+        let (vocab, h) = lw.shape().dims2()?;
+        if let Some(t) = self.tokens.iter().find(|&&t| t as usize >= vocab) {
+            bail!("embedding: token id {t} is outside the vocabulary ({vocab})")
+        }
+        let mut y = vec![0f32; self.tokens.len() * h];
+        par_rows(&mut y, h, |p, yr| {
+            let t = self.tokens[p] as usize;
+            yr.copy_from_slice(&w[t * h..(t + 1) * h]);
+        });
+        Ok((CpuStorage::F32(y), Shape::from((self.tokens.len(), h))))
+    }
+
+    fn bwd(&self, rows: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let g = g.contiguous()?;
+        let (_, h) = rows.dims2()?;
+        let gv = g.flatten_all()?.to_vec1::<f32>()?;
+        // Summed in position order from zero, as `index_add` into a zero matrix sums.
+        let mut d = vec![0f32; self.ids.len() * h];
+        for (p, t) in self.tokens.iter().enumerate() {
+            if let Ok(k) = self.ids.binary_search(t) {
+                for (a, b) in d[k * h..(k + 1) * h]
+                    .iter_mut()
+                    .zip(&gv[p * h..(p + 1) * h])
+                {
+                    *a += b;
+                }
+            }
+        }
+        Ok(Some(Tensor::from_vec(d, (self.ids.len(), h), g.device())?))
+    }
+}
+
+/// Rows `tokens` (`[n]`) of the frozen `w` `[vocab, hidden]` whose rows `ids` (ascending) are
+/// replaced by `rows`: `[n, hidden]`. The gradient reaches `rows` only.
+pub fn embed_rows(w: &Tensor, ids: &[u32], rows: &Tensor, tokens: &Tensor) -> Result<Tensor> {
+    let merged = crate::llama::replace_rows(&w.detach(), ids, &rows.detach())?.contiguous()?;
+    rows.apply_op1(EmbedRows {
+        merged,
+        tokens: tokens.flatten_all()?.to_vec1::<u32>()?,
+        ids: ids.to_vec(),
+    })
+}
+
 /// Per-row cross-entropy `[n]` of `logits` `[n, vocab]` (f32) against `targets` `[n]` (u32):
 /// `logsumexp(row) - row[target]`.
 pub fn nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
@@ -928,6 +1229,71 @@ mod tests {
             || a.silu()? * b.as_tensor(),
             1e-5,
         );
+    }
+
+    #[test]
+    fn linear_matches_matmul() {
+        let x = randn(&[7, 24], 8);
+        let w = randn(&[5, 24], 9);
+        check(&[&x, &w], || linear(&x, &w), || x.matmul(&w.t()?), 1e-6);
+    }
+
+    /// The gradients of `y` under a fixed random projection.
+    fn grads_of(y: &Tensor) -> candle_core::backprop::GradStore {
+        let p = randn(y.dims(), 99);
+        (y * p.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    }
+
+    #[test]
+    fn frozen_weights_get_no_gradient() {
+        let x = randn(&[7, 24], 10);
+        let w = randn(&[5, 24], 11);
+        let frozen = w.as_tensor().detach();
+        let g = grads_of(&linear(&x, &frozen).unwrap());
+        assert!(g.get(&frozen).is_none());
+        let reference = grads_of(&linear(&x, &w).unwrap());
+        assert!(reference.get(&w).is_some());
+        assert_eq!(rel(g.get(&x).unwrap(), reference.get(&x).unwrap()), 0.0);
+
+        let norm_w = randn(&[24], 12).as_tensor().detach();
+        let g = grads_of(&rms_norm(&x, &norm_w, 1e-5).unwrap());
+        assert!(g.get(&norm_w).is_none() && g.get(&x).is_some());
+    }
+
+    #[test]
+    fn trainable_rows_match_replaced_rows() {
+        use crate::llama::replace_rows;
+        let (vocab, h, ids) = (11, 6, [3u32, 4, 9]);
+        let base = randn(&[vocab, h], 13).as_tensor().detach();
+        let rows = randn(&[3, h], 14);
+        let x = randn(&[5, h], 15);
+        // Output projection: against x · replace_rows(base, rows)ᵀ.
+        check(
+            &[&x, &rows],
+            || linear_rows(&x, &base, &ids, &rows),
+            || x.matmul(&replace_rows(&base, &ids, &rows)?.t()?),
+            1e-6,
+        );
+        let g = grads_of(&linear_rows(&x, &base, &ids, &rows).unwrap());
+        assert!(g.get(&base).is_none());
+        // Embedding lookup (ids 4 and 9 twice, 3 never), against index_select: the same bits.
+        let tokens = Tensor::new(&[4u32, 0, 9, 4, 10, 9, 1], &Device::Cpu).unwrap();
+        let ours = embed_rows(&base, &ids, &rows, &tokens).unwrap();
+        let theirs = replace_rows(&base, &ids, &rows)
+            .unwrap()
+            .index_select(&tokens, 0)
+            .unwrap();
+        assert_eq!(rel(&ours, &theirs), 0.0);
+        let (go, gt) = (grads_of(&ours), grads_of(&theirs));
+        assert_eq!(rel(go.get(&rows).unwrap(), gt.get(&rows).unwrap()), 0.0);
+        assert!(go.get(&base).is_none());
+        let out_of_vocab = Tensor::new(&[11u32], &Device::Cpu).unwrap();
+        assert!(embed_rows(&base, &ids, &rows, &out_of_vocab).is_err());
     }
 
     #[test]

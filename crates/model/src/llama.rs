@@ -268,6 +268,22 @@ impl Llama {
         }
     }
 
+    /// The trainable rows over a frozen embedding matrix (a LoRA run): the fused kernels then
+    /// give the rows a gradient and never the matrix.
+    fn frozen_rows(&self) -> Option<&TokenRows> {
+        self.rows.as_ref().filter(|_| !self.embed.track_op())
+    }
+
+    /// The embeddings `[n, hidden]` of `ids` (`[n]`).
+    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        match self.frozen_rows() {
+            Some(r) if fused::applies(&self.embed) => {
+                fused::embed_rows(&self.embed, &r.ids, &r.embed, ids)
+            }
+            _ => self.embedding()?.index_select(ids, 0),
+        }
+    }
+
     /// The output matrix as the forward uses it.
     fn output_weight(&self) -> candle_core::Result<Tensor> {
         match (&self.lm_head, &self.rows) {
@@ -331,7 +347,6 @@ impl Llama {
     /// (from [`Llama::hidden_states`]). A trainer applies it only at the positions that have a
     /// target, which spares the `[b, t, vocab]` logits of the others.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
-        let w = self.output_weight()?;
         let dims = hidden.dims().to_vec();
         let Some((&h, lead)) = dims.split_last() else {
             return Err(ModelError::Input(
@@ -347,11 +362,29 @@ impl Llama {
         let n: usize = lead.iter().product();
         let mut out = lead.to_vec();
         out.push(self.config.vocab_size);
-        Ok(hidden
-            .reshape((n, h))?
-            .matmul(&w.t()?)?
-            .reshape(out)?
-            .to_dtype(DType::F32)?)
+        let x = hidden.reshape((n, h))?;
+        // A LoRA run's frozen output matrix: the gradient reaches its trainable rows only.
+        let frozen = match (&self.lm_head, self.frozen_rows()) {
+            (None, Some(r)) => Some((&self.embed, &r.ids, &r.embed)),
+            (Some(head), Some(r)) if !head.track_op() => {
+                r.head.as_ref().map(|rows| (head, &r.ids, rows))
+            }
+            _ => None,
+        };
+        let y = match frozen {
+            Some((base, ids, rows)) if fused::applies(&x) && fused::applies(base) => {
+                fused::linear_rows(&x, base, ids, rows)?
+            }
+            _ => {
+                let w = self.output_weight()?;
+                if fused::applies(&x) && fused::applies(&w) {
+                    fused::linear(&x, &w)?
+                } else {
+                    x.matmul(&w.t()?)?
+                }
+            }
+        };
+        Ok(y.reshape(out)?.to_dtype(DType::F32)?)
     }
 
     /// Final hidden states `[b, t, hidden]` (after the last RMSNorm) at every position; the
@@ -429,8 +462,7 @@ impl Llama {
         let scale = 1.0 / (d as f64).sqrt();
         let (cos, sin) = rope_tables(positions, d, c.rope_theta)?; // [b, t, d/2]
         let mut x = self
-            .embedding()?
-            .index_select(&ids.flatten_all()?, 0)?
+            .embed(&ids.flatten_all()?)?
             .reshape((b, t, c.hidden_size))?;
         if fused::applies(&x) {
             let norm = |x: &Tensor, w: &Tensor| fused::rms_norm(x, w, eps);
@@ -484,7 +516,12 @@ fn linear(x: &Tensor, p: &Proj) -> candle_core::Result<Tensor> {
     let (b, t, i) = x.dims3()?;
     let o = p.w.dim(0)?;
     let x = x.reshape((b * t, i))?;
-    let mut y = x.matmul(&p.w.t()?)?;
+    // The fused kernel computes the weight's gradient only when it trains.
+    let mut y = if fused::applies(&x) && fused::applies(&p.w) {
+        fused::linear(&x, &p.w)?
+    } else {
+        x.matmul(&p.w.t()?)?
+    };
     if let Some(l) = &p.lora {
         y = (y + (x.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?)?;
     }
@@ -661,6 +698,77 @@ mod tests {
         assert_eq!(allowed[2], vec![true, true, true, false, false]);
         assert!(packed_mask(&[vec![0, 0], vec![0]], &Device::Cpu).is_err());
         assert!(packed_mask(&[], &Device::Cpu).is_err());
+    }
+
+    /// A LoRA forward and backward (adapters on some projections, trainable token rows, tied
+    /// and untied outputs) gives gradients to the adapters and the rows and to no frozen tensor.
+    #[test]
+    fn frozen_weights_get_no_gradient() {
+        for tied in [true, false] {
+            let config = ModelConfig::from_hf_json(
+                &serde_json::json!({
+                    "model_type": "llama", "vocab_size": 40, "hidden_size": 16,
+                    "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4,
+                    "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+                    "max_position_embeddings": 64, "tie_word_embeddings": tied,
+                })
+                .to_string(),
+            )
+            .unwrap();
+            let dev = Device::Cpu;
+            let vars = VarMap::new();
+            let mut model =
+                Llama::new(&config, VarBuilder::from_varmap(&vars, DType::F32, &dev)).unwrap();
+            model.freeze();
+            let var = |shape: (usize, usize)| {
+                Var::from_tensor(&Tensor::randn(0f32, 0.1, shape, &dev).unwrap()).unwrap()
+            };
+            let (a, b) = (var((4, 16)), var((16, 4)));
+            model
+                .set_lora(
+                    1,
+                    LayerWeight::Q,
+                    LoraPair {
+                        a: a.as_tensor().clone(),
+                        b: b.as_tensor().clone(),
+                        scale: 2.0,
+                    },
+                )
+                .unwrap();
+            let (embed_rows, head_rows) = (var((2, 16)), var((2, 16)));
+            model
+                .set_token_rows(TokenRows {
+                    ids: vec![5, 38],
+                    embed: embed_rows.as_tensor().clone(),
+                    head: (!tied).then(|| head_rows.as_tensor().clone()),
+                })
+                .unwrap();
+            let ids = Tensor::new(&[[5u32, 1, 38, 7, 5, 2]], &dev).unwrap();
+            let logits = model.forward(&ids, None, None).unwrap();
+            let targets = Tensor::new(&[1u32, 38, 7, 5, 2, 3], &dev).unwrap();
+            let loss = nll(&logits.squeeze(0).unwrap(), &targets)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let g = loss.backward().unwrap();
+            let mut trained = vec![&a, &b, &embed_rows];
+            if !tied {
+                trained.push(&head_rows);
+            }
+            for v in trained {
+                assert!(g.get(v.as_tensor()).is_some());
+            }
+            let mut frozen = vec![&model.embed, &model.norm];
+            frozen.extend(&model.lm_head);
+            for l in &model.layers {
+                frozen.extend([&l.attn_norm, &l.mlp_norm]);
+                frozen.extend([&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].map(|p| &p.w));
+            }
+            assert_eq!(frozen.len(), 2 + usize::from(!tied) + 2 * 9);
+            for t in frozen {
+                assert!(g.get(t).is_none(), "a frozen {:?} got a gradient", t.dims());
+            }
+        }
     }
 
     #[test]

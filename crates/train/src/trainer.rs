@@ -33,7 +33,7 @@ use std::time::Instant;
 
 use crate::data::read_conversations;
 use crate::lora::{token_ids, Adapter, LoraConfig};
-use crate::optim::{clip_grad_norm, cosine_lr, AdamW, AdamWParams};
+use crate::optim::{cosine_lr, AdamW, AdamWParams};
 use crate::pack::{efficiency, pack, stream_row, Packing, Row};
 use crate::tokenize::{tokenize_all, Dataset, MaskOptions, Overlong, TrainTokenizer};
 use crate::vocab::resize_embeddings;
@@ -534,10 +534,9 @@ impl Trainer {
         let step = self.step + 1;
         let rows = self.step_rows(step);
         let tokens: usize = rows.iter().map(|&r| self.data.rows[r].len()).sum();
-        let (loss, mut grads, target_tokens) = self.loss_and_grads(&rows)?;
-        let grad_norm = clip_grad_norm(&mut grads, self.cfg.max_grad_norm)?;
+        let (loss, grads, target_tokens) = self.loss_and_grads(&rows)?;
         let lr = cosine_lr(self.cfg.lr, step, self.cfg.warmup_steps, self.total_steps);
-        self.opt.step(&grads, lr)?;
+        let grad_norm = self.opt.clip_and_step(&grads, self.cfg.max_grad_norm, lr)?;
         self.step = step;
         let l = StepLog {
             step,
