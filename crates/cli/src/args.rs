@@ -194,8 +194,9 @@ impl NativeArgs {
 pub struct BackendArgs {
     /// `tgi` (text-generation-inference), `openai` (vLLM, SGLang, llama.cpp's llama-server,
     /// OpenAI), or `native` (this program's own engine; needs --model).
-    /// Without --backend, --model and --endpoint: the native engine with MathCoder-S, the
-    /// model this repository ships (fetched and built on first use). With only --model PATH
+    /// Without --backend, --model and --endpoint: the native engine with MathCoder-S when this
+    /// checkout ships its adapter (models/mathcoder-s/adapter; the base is fetched and merged on
+    /// first use), else tgi. With only --model PATH
     /// naming a local directory or .gguf file: the native engine on it.
     #[arg(long, value_enum)]
     pub backend: Option<BackendKind>,
@@ -252,7 +253,8 @@ impl BackendArgs {
     }
 
     /// These flags with the implicit choices made: no backend, model or endpoint given means
-    /// MathCoder-S on the native engine (built on first use, its matrices quantized to Q8_0 at
+    /// MathCoder-S on the native engine when its adapter is shipped (else a TGI server at the
+    /// default endpoint, as before) (built on first use, its matrices quantized to Q8_0 at
     /// load unless --quantize says otherwise); a local path as the only --model means the
     /// native engine on it.
     pub fn resolve(&self, sandbox: &SandboxArgs) -> Result<BackendArgs> {
@@ -265,6 +267,9 @@ impl BackendArgs {
                 a.backend = Some(BackendKind::Native);
             }
             Some(_) => {}
+            // Until a MathCoder-S adapter ships, the default stays a TGI server at the
+            // default endpoint (whose absence `check_listening` reports).
+            None if mathcoder_zoo::mathcoder_s::shipped_adapter().is_err() => {}
             None => {
                 let dir = default_model(sandbox)?;
                 a.backend = Some(BackendKind::Native);

@@ -30,9 +30,9 @@ pub mod sampling;
 
 pub use mathcoder_model::{config, models_dir, spm, tokenizer, ModelError};
 
+pub use chat::{load_native_model, NativeModel};
 pub use config::ModelConfig;
 pub use engine::{Engine, Finish, GenOutput, GenParams, Job, Session};
-pub use chat::{load_native_model, NativeModel};
 pub use factory::{backend, load_native, BuildError};
 pub use load::{load_model, LoadOptions};
 pub use sampling::SamplingParams;

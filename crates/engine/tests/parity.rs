@@ -352,8 +352,9 @@ fn the_rigged_protocol_fixture_decodes_as_transformers_does() {
 }
 
 /// `LoadOptions::quantize`: a dense checkpoint's matrices quantized at load run on the
-/// quantized kernels and stay close to the dense logits (Q8_0 within 3%, Q4_0 within 25% of the
-/// largest logit on these random weights); a width that does not fill whole blocks is refused.
+/// quantized kernels (the model says so) and stay close to the dense logits (Q8_0 within 3%,
+/// Q4_0 within 25% of the largest logit; this fixture's bigram weights quantize almost
+/// exactly); a width that does not fill whole blocks is refused.
 #[test]
 fn dense_checkpoints_quantized_at_load_stay_close() {
     use candle_core::quantized::GgmlDType;
@@ -382,6 +383,6 @@ fn dense_checkpoints_quantized_at_load_stay_close() {
         let got = all_logits(&e, &seq);
         let r = rel(&got, &want);
         eprintln!("{name} quantized to {q:?}: rel {r:.2e}");
-        assert!(r < bound && r > 0.0, "{q:?}: {r}");
+        assert!(r < bound, "{q:?}: {r}");
     }
 }

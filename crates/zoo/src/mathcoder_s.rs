@@ -89,14 +89,16 @@ pub fn pack_adapter(checkpoint: &Path, out: &Path) -> Result<u64, ZooError> {
     use mathcoder_train::lora::{ADAPTER_CONFIG, ADAPTER_FILE};
     let err = |e: String| ZooError::Io(format!("packing {}: {e}", checkpoint.display()));
     std::fs::create_dir_all(out).map_err(|e| err(e.to_string()))?;
-    let tensors = candle_core::safetensors::load(checkpoint.join(ADAPTER_FILE), &candle_core::Device::Cpu)
-        .map_err(|e| err(e.to_string()))?;
+    let tensors =
+        candle_core::safetensors::load(checkpoint.join(ADAPTER_FILE), &candle_core::Device::Cpu)
+            .map_err(|e| err(e.to_string()))?;
     let half: std::collections::HashMap<String, candle_core::Tensor> = tensors
         .into_iter()
         .map(|(k, t)| t.to_dtype(candle_core::DType::BF16).map(|t| (k, t)))
         .collect::<Result<_, _>>()
         .map_err(|e| err(e.to_string()))?;
-    candle_core::safetensors::save(&half, out.join(ADAPTER_FILE)).map_err(|e| err(e.to_string()))?;
+    candle_core::safetensors::save(&half, out.join(ADAPTER_FILE))
+        .map_err(|e| err(e.to_string()))?;
     std::fs::copy(checkpoint.join(ADAPTER_CONFIG), out.join(ADAPTER_CONFIG))
         .map_err(|e| err(e.to_string()))?;
     let size = |f: &str| std::fs::metadata(out.join(f)).map(|m| m.len()).unwrap_or(0);

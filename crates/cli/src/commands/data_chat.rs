@@ -47,7 +47,7 @@ impl ChatArgs {
         sandbox: Sandbox,
         looping: &SolveConfig,
     ) -> Result<ChatTeacher> {
-        if backend.backend == mathcoder_llm::BackendKind::Native
+        if backend.backend == Some(mathcoder_llm::BackendKind::Native)
             && self.chat_style == ChatStyle::Tools
         {
             bail!(
