@@ -403,19 +403,7 @@ pub struct LoopRunArgs {
 impl LoopRunArgs {
     /// Checks that the backend answers (at once, before anything slow), builds it for
     /// `concurrency` requests in flight, provisions the sandbox, and returns them with the
-    /// loop's settings.
-    pub fn prepare(
-        &self,
-        concurrency: usize,
-    ) -> Result<(Arc<dyn mathcoder_llm::Backend>, Sandbox, SolveConfig)> {
-        let backend_args = self.backend.resolve(&self.sandbox)?;
-        backend_args.spec(concurrency).check_listening()?;
-        let backend = backend_args.build(concurrency)?;
-        let sandbox = self.sandbox.sandbox()?;
-        Ok((backend, sandbox, self.looping.config()))
-    }
-
-    /// Like [`LoopRunArgs::prepare`], with the solver the mode names: the LCE backend, or a
+    /// loop's settings, with the solver the mode names: the LCE backend, or a
     /// chat model (the native engine through its chat template, or the server's chat
     /// completions) with the loop's limits (`--max-blocks` requests of `--max-new-tokens`
     /// tokens each).
@@ -424,7 +412,8 @@ impl LoopRunArgs {
         concurrency: usize,
     ) -> Result<(mathcoder_runner::Solver, Sandbox, SolveConfig)> {
         use mathcoder_runner::Solver;
-        let spec = self.backend.spec(concurrency);
+        let backend = self.backend.resolve(&self.sandbox)?;
+        let spec = backend.spec(concurrency);
         let looping = self.looping.config();
         let chat_config = mathcoder_solve::chat::ChatConfig {
             style: mathcoder_lce::chat::ChatStyle::Fences,
@@ -446,7 +435,7 @@ impl LoopRunArgs {
                     Err(e) => bail!(
                         "{} cannot solve problems: {}, so it cannot write MathCoder's blocks, and \
                          it cannot converse either: {e}",
-                        self.backend.model.as_deref().unwrap_or("the model"),
+                        backend.model.as_deref().unwrap_or("the model"),
                         model.lce_missing().unwrap_or_default()
                     ),
                 },
@@ -462,7 +451,7 @@ impl LoopRunArgs {
             match self.mode.unwrap_or(Mode::Lce) {
                 Mode::Lce => {
                     spec.check_listening()?;
-                    Solver::Lce(self.backend.build(concurrency)?)
+                    Solver::Lce(backend.build(concurrency)?)
                 }
                 Mode::Chat => {
                     spec.check_chat_listening()?;
@@ -529,5 +518,41 @@ impl TrainDataArgs {
             seed: self.seed,
             ..base
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        backend: BackendArgs,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
+    }
+
+    fn resolved(args: &[&str]) -> BackendArgs {
+        let cli = Cli::parse_from(std::iter::once("x").chain(args.iter().copied()));
+        cli.backend.resolve(&cli.sandbox).unwrap()
+    }
+
+    #[test]
+    fn a_local_model_path_alone_means_the_native_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().display().to_string();
+        assert_eq!(
+            resolved(&["--model", &path]).backend,
+            Some(BackendKind::Native)
+        );
+        // A served model's name, an explicit backend or an endpoint are left as given.
+        assert_eq!(resolved(&["--model", "mathcoder"]).backend, None);
+        let a = resolved(&["--model", &path, "--backend", "openai"]);
+        assert_eq!(a.backend, Some(BackendKind::Openai));
+        let a = resolved(&["--model", &path, "--endpoint", "http://h:1"]);
+        assert_eq!(a.backend, None);
+        assert_eq!(a.spec(1).kind, BackendKind::default());
     }
 }
