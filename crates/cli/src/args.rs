@@ -107,11 +107,10 @@ impl SandboxArgs {
 }
 
 /// MathCoder-S, merged and in place (see `mathcoder_zoo::mathcoder_s`), with progress on stderr.
-pub fn default_model(sandbox: &SandboxArgs) -> Result<PathBuf> {
-    let adapter = mathcoder_zoo::mathcoder_s::shipped_adapter()?;
+pub fn default_model(adapter: &std::path::Path, sandbox: &SandboxArgs) -> Result<PathBuf> {
     let env = ensure_env(&sandbox.spec())?;
     with_spinner("models", |say| {
-        mathcoder_zoo::mathcoder_s::merged(&adapter, &env.python, say)
+        mathcoder_zoo::mathcoder_s::merged(adapter, &env.python, say)
             .context("preparing the default model (MathCoder-S)")
     })
 }
@@ -269,9 +268,11 @@ impl BackendArgs {
             Some(_) => {}
             // Until a MathCoder-S adapter ships, the default stays a TGI server at the
             // default endpoint (whose absence `check_listening` reports).
-            None if mathcoder_zoo::mathcoder_s::shipped_adapter().is_err() => {}
             None => {
-                let dir = default_model(sandbox)?;
+                let Ok(adapter) = mathcoder_zoo::mathcoder_s::shipped_adapter() else {
+                    return Ok(a);
+                };
+                let dir = default_model(&adapter, sandbox)?;
                 a.backend = Some(BackendKind::Native);
                 a.model = Some(dir.display().to_string());
                 a.native.quantize = a.native.quantize.or(Some(NativeQuant::Q8_0));
