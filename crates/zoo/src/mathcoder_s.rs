@@ -84,8 +84,10 @@ pub fn merged(adapter: &Path, python: &Path, progress: &dyn Fn(&str)) -> Result<
 
 /// Copies a LoRA checkpoint's adapter (config and weights, not the optimizer state) to `out`
 /// for shipping, its weights stored as bf16 (half the bytes; merging adds them to f32 weights,
-/// so the rounding is 2^-9 of each adapter delta). Returns the bytes written.
-pub fn pack_adapter(checkpoint: &Path, out: &Path) -> Result<u64, ZooError> {
+/// so the rounding is 2^-9 of each adapter delta). `base`, when given, replaces the config's
+/// `base_model_name_or_path` (the training machine's local path) with a name others can
+/// resolve. Returns the bytes written.
+pub fn pack_adapter(checkpoint: &Path, out: &Path, base: Option<&str>) -> Result<u64, ZooError> {
     use mathcoder_train::lora::{ADAPTER_CONFIG, ADAPTER_FILE};
     let err = |e: String| ZooError::Io(format!("packing {}: {e}", checkpoint.display()));
     std::fs::create_dir_all(out).map_err(|e| err(e.to_string()))?;
@@ -99,8 +101,72 @@ pub fn pack_adapter(checkpoint: &Path, out: &Path) -> Result<u64, ZooError> {
         .map_err(|e| err(e.to_string()))?;
     candle_core::safetensors::save(&half, out.join(ADAPTER_FILE))
         .map_err(|e| err(e.to_string()))?;
-    std::fs::copy(checkpoint.join(ADAPTER_CONFIG), out.join(ADAPTER_CONFIG))
-        .map_err(|e| err(e.to_string()))?;
+    let config_path = checkpoint.join(ADAPTER_CONFIG);
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&config_path).map_err(|e| err(e.to_string()))?,
+    )
+    .map_err(|e| err(format!("{}: {e}", config_path.display())))?;
+    if let (Some(base), Some(obj)) = (base, config.as_object_mut()) {
+        obj.insert("base_model_name_or_path".into(), base.into());
+    }
+    let text = serde_json::to_string_pretty(&config).map_err(|e| err(e.to_string()))?;
+    std::fs::write(out.join(ADAPTER_CONFIG), text + "\n").map_err(|e| err(e.to_string()))?;
     let size = |f: &str| std::fs::metadata(out.join(f)).map(|m| m.len()).unwrap_or(0);
     Ok(size(ADAPTER_FILE) + size(ADAPTER_CONFIG))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Tensor};
+    use mathcoder_train::lora::{ADAPTER_CONFIG, ADAPTER_FILE};
+
+    #[test]
+    fn packed_adapter_is_bf16_without_the_training_path() {
+        let ckpt = tempfile::tempdir().unwrap();
+        let a = Tensor::new(&[[0.5f32, -1.25], [3.0, 1e-3]], &Device::Cpu).unwrap();
+        let tensors = std::collections::HashMap::from([("w.lora_A.weight".to_string(), a)]);
+        candle_core::safetensors::save(&tensors, ckpt.path().join(ADAPTER_FILE)).unwrap();
+        std::fs::write(
+            ckpt.path().join(ADAPTER_CONFIG),
+            r#"{"r": 2, "base_model_name_or_path": "/home/me/runs/base"}"#,
+        )
+        .unwrap();
+        std::fs::write(ckpt.path().join("optimizer.safetensors"), b"state").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let dir = out.path().join("adapter");
+        let bytes = pack_adapter(ckpt.path(), &dir, Some("org/base")).unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [ADAPTER_CONFIG, ADAPTER_FILE]);
+        let size = |f: &str| std::fs::metadata(dir.join(f)).unwrap().len();
+        assert_eq!(bytes, size(ADAPTER_FILE) + size(ADAPTER_CONFIG));
+        let t = candle_core::safetensors::load(dir.join(ADAPTER_FILE), &Device::Cpu).unwrap();
+        let w = &t["w.lora_A.weight"];
+        assert_eq!(w.dtype(), DType::BF16);
+        let back: Vec<f32> = w
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(&back[..3], &[0.5, -1.25, 3.0]);
+        assert!((back[3] - 1e-3).abs() < 1e-5);
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(ADAPTER_CONFIG)).unwrap())
+                .unwrap();
+        assert_eq!(cfg["base_model_name_or_path"], "org/base");
+        assert_eq!(cfg["r"], 2);
+        // Without a base name the config is kept as it was.
+        let dir2 = out.path().join("kept");
+        pack_adapter(ckpt.path(), &dir2, None).unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir2.join(ADAPTER_CONFIG)).unwrap())
+                .unwrap();
+        assert_eq!(cfg["base_model_name_or_path"], "/home/me/runs/base");
+    }
 }

@@ -35,6 +35,10 @@ enum Sub {
         checkpoint: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// The base model's name written as the adapter's `base_model_name_or_path` (instead
+        /// of the training machine's path), e.g. `HuggingFaceTB/SmolLM2-135M-Instruct`.
+        #[arg(long)]
+        base: Option<String>,
     },
 }
 
@@ -67,8 +71,13 @@ pub fn run(a: Args) -> Result<i32> {
             }
             Ok(0)
         }
-        Sub::PackAdapter { checkpoint, out } => {
-            let bytes = mathcoder_zoo::mathcoder_s::pack_adapter(&checkpoint, &out)?;
+        Sub::PackAdapter {
+            checkpoint,
+            out,
+            base,
+        } => {
+            let bytes =
+                mathcoder_zoo::mathcoder_s::pack_adapter(&checkpoint, &out, base.as_deref())?;
             println!("wrote {} ({:.1} MB)", out.display(), bytes as f64 / 1e6);
             Ok(0)
         }
