@@ -121,6 +121,43 @@ mod tests {
     use candle_core::{DType, Device, Tensor};
     use mathcoder_train::lora::{ADAPTER_CONFIG, ADAPTER_FILE};
 
+    /// The committed adapter fits the pinned base's shapes (SmolLM2-135M: hidden 576, 30
+    /// layers, 3 KV heads of 64, FFN 1536) and MathCoder's 8 token ids after its 49,152-token
+    /// vocabulary, so the default model can be built from it.
+    #[test]
+    fn shipped_adapter_fits_the_pinned_base() {
+        let dir = shipped_adapter().unwrap();
+        let (config, ids) = mathcoder_train::lora::Adapter::read_config(&dir).unwrap();
+        assert_eq!(ids, (49152..49160).collect::<Vec<u32>>());
+        let r = config.rank;
+        let t = candle_core::safetensors::load(dir.join(ADAPTER_FILE), &Device::Cpu).unwrap();
+        let (hidden, kv, ffn) = (576, 192, 1536);
+        let mut lora = 0;
+        for (name, w) in &t {
+            assert_eq!(w.dtype(), DType::BF16, "{name}");
+            if name.contains("token_adapter") {
+                assert_eq!(w.dims(), [8, hidden], "{name}");
+                continue;
+            }
+            let (inp, out) = match name.split('.').rev().nth(2).unwrap() {
+                "q_proj" | "o_proj" => (hidden, hidden),
+                "k_proj" | "v_proj" => (hidden, kv),
+                "gate_proj" | "up_proj" => (hidden, ffn),
+                "down_proj" => (ffn, hidden),
+                other => panic!("unexpected module {other} in {name}"),
+            };
+            let want = if name.contains("lora_A") {
+                [r, inp]
+            } else {
+                [out, r]
+            };
+            assert_eq!(w.dims(), want, "{name}");
+            lora += 1;
+        }
+        assert_eq!(lora, 30 * config.targets.len() * 2);
+        assert_eq!(adapter_id(&dir).unwrap().len(), 12);
+    }
+
     #[test]
     fn packed_adapter_is_bf16_without_the_training_path() {
         let ckpt = tempfile::tempdir().unwrap();
