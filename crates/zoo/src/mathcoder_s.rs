@@ -90,17 +90,8 @@ pub fn merged(adapter: &Path, python: &Path, progress: &dyn Fn(&str)) -> Result<
 pub fn pack_adapter(checkpoint: &Path, out: &Path, base: Option<&str>) -> Result<u64, ZooError> {
     use mathcoder_train::lora::{ADAPTER_CONFIG, ADAPTER_FILE};
     let err = |e: String| ZooError::Io(format!("packing {}: {e}", checkpoint.display()));
-    std::fs::create_dir_all(out).map_err(|e| err(e.to_string()))?;
-    let tensors =
-        candle_core::safetensors::load(checkpoint.join(ADAPTER_FILE), &candle_core::Device::Cpu)
-            .map_err(|e| err(e.to_string()))?;
-    let half: std::collections::HashMap<String, candle_core::Tensor> = tensors
-        .into_iter()
-        .map(|(k, t)| t.to_dtype(candle_core::DType::BF16).map(|t| (k, t)))
-        .collect::<Result<_, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    candle_core::safetensors::save(&half, out.join(ADAPTER_FILE))
-        .map_err(|e| err(e.to_string()))?;
+    // Both files are read and converted before anything is written, so a bad checkpoint
+    // leaves an adapter already at `out` as it was.
     let config_path = checkpoint.join(ADAPTER_CONFIG);
     let mut config: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(&config_path).map_err(|e| err(e.to_string()))?,
@@ -110,6 +101,17 @@ pub fn pack_adapter(checkpoint: &Path, out: &Path, base: Option<&str>) -> Result
         obj.insert("base_model_name_or_path".into(), base.into());
     }
     let text = serde_json::to_string_pretty(&config).map_err(|e| err(e.to_string()))?;
+    let tensors =
+        candle_core::safetensors::load(checkpoint.join(ADAPTER_FILE), &candle_core::Device::Cpu)
+            .map_err(|e| err(e.to_string()))?;
+    let half: std::collections::HashMap<String, candle_core::Tensor> = tensors
+        .into_iter()
+        .map(|(k, t)| t.to_dtype(candle_core::DType::BF16).map(|t| (k, t)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    std::fs::create_dir_all(out).map_err(|e| err(e.to_string()))?;
+    candle_core::safetensors::save(&half, out.join(ADAPTER_FILE))
+        .map_err(|e| err(e.to_string()))?;
     std::fs::write(out.join(ADAPTER_CONFIG), text + "\n").map_err(|e| err(e.to_string()))?;
     let size = |f: &str| std::fs::metadata(out.join(f)).map(|m| m.len()).unwrap_or(0);
     Ok(size(ADAPTER_FILE) + size(ADAPTER_CONFIG))
