@@ -323,6 +323,11 @@ pub struct LoopArgs {
     /// row 1, "the model predicts the outputs").
     #[arg(long)]
     pub model_predicts_execution: bool,
+    /// Go on after a block that was cut at --max-new-tokens while repeating itself (the authors'
+    /// loop did: a greedy model then repeats it in every round until --max-blocks). By default
+    /// the loop stops there with stop reason `repetition`.
+    #[arg(long)]
+    pub no_repetition_stop: bool,
 }
 
 impl LoopArgs {
@@ -340,6 +345,7 @@ impl LoopArgs {
             seed: self.seed,
             truncate_decimals: !self.no_truncate_decimals,
             execute: !self.model_predicts_execution,
+            stop_on_repetition: !self.no_repetition_stop,
         }
     }
 }

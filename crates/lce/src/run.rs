@@ -25,6 +25,10 @@ pub enum StopReason {
     BlockLimit,
     /// The model produced nothing usable (an empty generation or end of sequence).
     Length,
+    /// The model went into a loop: a block cut at the per-block token limit while repeating
+    /// itself, or the same blocks written three times in a row (the loop's runaway guard; greedy
+    /// decoding would only repeat them until the block limit).
+    Repetition,
     /// The backend failed (after its retries).
     BackendError(String),
     /// The sandbox could not run code at all.
@@ -37,6 +41,7 @@ impl StopReason {
             StopReason::EndOfMessage => "end_of_message",
             StopReason::BlockLimit => "block_limit",
             StopReason::Length => "length",
+            StopReason::Repetition => "repetition",
             StopReason::BackendError(_) => "backend_error",
             StopReason::ExecutionFault(_) => "execution_fault",
         }
@@ -162,6 +167,7 @@ impl From<Wire> for RunInfo {
             "end_of_message" => StopReason::EndOfMessage,
             "block_limit" => StopReason::BlockLimit,
             "length" => StopReason::Length,
+            "repetition" => StopReason::Repetition,
             "execution_fault" => StopReason::ExecutionFault(String::new()),
             "backend_error" => StopReason::BackendError(String::new()),
             _ if w.failed => StopReason::BackendError(String::new()),

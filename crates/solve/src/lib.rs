@@ -39,6 +39,12 @@ pub struct SolveConfig {
     /// the outputs"); they are recorded as the model wrote them.
     #[serde(default = "yes")]
     pub execute: bool,
+    /// Stop when a round is cut at `max_new_tokens` while repeating itself ([`is_runaway`]), or
+    /// when the model writes the same blocks a third time in a row ([`repeats_blocks`]): with
+    /// greedy decoding it would only go on repeating them until `max_blocks`. The authors' loop
+    /// went on (off: their behaviour).
+    #[serde(default = "yes")]
+    pub stop_on_repetition: bool,
 }
 
 fn yes() -> bool {
@@ -57,6 +63,7 @@ impl Default for SolveConfig {
             seed: None,
             truncate_decimals: true,
             execute: true,
+            stop_on_repetition: true,
         }
     }
 }
@@ -134,6 +141,46 @@ pub fn truncate_decimals(s: &str) -> String {
         }
     })
     .into_owned()
+}
+
+/// Whether a generation that was cut at the token limit is a runaway: the text, with every run
+/// of digits read as one digit (so that "step 7: 14 + 14 = 28." and "step 8: 15 + 15 = 30." are
+/// the same line), ends in at least three copies of one unit, and the repetition covers at
+/// least half of it.
+pub fn is_runaway(text: &str) -> bool {
+    let mut t: Vec<char> = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        if !(c.is_ascii_digit() && t.last().is_some_and(|l| l.is_ascii_digit())) {
+            t.push(if c.is_ascii_digit() { '0' } else { c });
+        }
+    }
+    let n = t.len();
+    (1..=n / 3).any(|p| {
+        // Length of the suffix in which every char equals the one `p` before it, plus `p`.
+        let same = (p..n).rev().take_while(|&i| t[i] == t[i - p]).count();
+        let periodic = same + p;
+        periodic >= 3 * p && 2 * periodic >= n
+    })
+}
+
+/// Whether the model's last blocks are one run of 1-3 blocks written three times over, word for
+/// word (executions aside): a loop that greedy decoding does not leave.
+pub fn repeats_blocks(blocks: &[Block]) -> bool {
+    let model: Vec<&Block> = blocks
+        .iter()
+        .filter(|b| b.kind != BlockKind::Execution)
+        .collect();
+    (1..=3).any(|u| {
+        let n = model.len();
+        n >= 3 * u
+            && (n - u..n).all(|i| {
+                let (a, b, c) = (model[i], model[i - u], model[i - 2 * u]);
+                a.kind == b.kind
+                    && a.content == b.content
+                    && b.kind == c.kind
+                    && b.content == c.content
+            })
+    })
 }
 
 /// A session started in the background when the loop begins, awaited at the first code block.
@@ -231,15 +278,25 @@ pub async fn solve(
             cached_prompt_tokens: gen.cached_prompt_tokens,
             recomputed_prompt_tokens: gen.recomputed_prompt_tokens,
         };
+        let runaway =
+            config.stop_on_repetition && gen.finish == FinishReason::Length && is_runaway(&text);
         let Some(block) = block else {
             rounds.push(round);
             break if ended {
                 StopReason::EndOfMessage
+            } else if runaway {
+                StopReason::Repetition
             } else {
                 StopReason::Length
             };
         };
         observer.block(&block);
+        if runaway {
+            // The cut block is kept as written; a code block in it is not run.
+            blocks.push(block);
+            rounds.push(round);
+            break StopReason::Repetition;
+        }
         let is_code = block.kind == BlockKind::Code;
         let code = block.content.clone();
         blocks.push(block);
@@ -269,6 +326,9 @@ pub async fn solve(
         rounds.push(round);
         if ended {
             break StopReason::EndOfMessage;
+        }
+        if config.stop_on_repetition && repeats_blocks(&blocks) {
+            break StopReason::Repetition;
         }
         if gen.finish == FinishReason::EndOfSequence {
             break StopReason::Length;
@@ -305,5 +365,31 @@ mod tests {
         );
         // Python rounds the binary value: 0.1234565 is 0.12345649999..., so "0.123456".
         assert_eq!(truncate_decimals("0.1234565"), "0.123456");
+    }
+
+    #[test]
+    fn runaways_are_told_from_long_blocks() {
+        // svamp-6 with MathCoder-S: one line for the whole block.
+        let line = "The atm collected 49 dollars from Olivia.\n";
+        assert!(is_runaway(&format!(
+            "<|text|>Olivia has money.\n{}",
+            line.repeat(30)
+        )));
+        // A counter in the line does not hide the loop, nor does a unit cut in the middle.
+        let steps: String = (1..40)
+            .map(|i| format!("step {i}: {} + {} = {}.\n", i * 7, i, i * 8))
+            .collect();
+        assert!(is_runaway(&format!("<|text|>{steps}step 40: 2")));
+        // Ordinary text and code, however long, are not runaways.
+        let prose =
+            "<|text|>First we find how many apples each of the 3 friends gets, then we add \
+                     the 12 pears and subtract what was eaten on Monday; the rest is split again.";
+        assert!(!is_runaway(prose));
+        let code = "<|code|>import math\nprice = 3.5\nqty = 12\ntotal = price * qty\n\
+                    tax = total * 0.08\nprint(round(total + tax, 2))\n";
+        assert!(!is_runaway(code));
+        // A repetition in less than half of the text is not enough.
+        assert!(!is_runaway(&format!("{prose}{prose}{}", "ab".repeat(20))));
+        assert!(!is_runaway(""));
     }
 }

@@ -150,6 +150,7 @@ async fn the_block_limit_stops_a_runaway_model() {
     b.repeat_last = true;
     let cfg = SolveConfig {
         max_blocks: 3,
+        stop_on_repetition: false,
         ..SolveConfig::default()
     };
     let o = solve(Q, &b, &sandbox(), &cfg, &mut ()).await;
@@ -213,6 +214,77 @@ async fn a_token_limited_block_goes_on_in_the_next_round_as_the_authors_did() {
         .prompt
         .ends_with("<|assistant|><|text|>The answer is 1/3.<|endofblock|>"));
     assert_eq!(o.rounds[0].finish, Some(FinishReason::Length));
+}
+
+#[tokio::test]
+async fn a_block_cut_while_repeating_itself_stops_the_loop() {
+    let looping = format!(
+        "<|text|>Olivia has 49 dollars.\n{}",
+        "The atm collected 49 dollars from Olivia.\n".repeat(20)
+    );
+    let replies = || {
+        let b = Script::new(&["<|text|>$\\boxed{49}$<|endofblock|><|endofmessage|>"]);
+        b.replies
+            .lock()
+            .unwrap()
+            .push(Ok((looping.clone(), FinishReason::Length)));
+        b
+    };
+    let b = replies();
+    let o = solve(Q, &b, &sandbox(), &SolveConfig::default(), &mut ()).await;
+    assert_eq!(o.stop, StopReason::Repetition);
+    assert_eq!(o.stop.label(), "repetition");
+    assert_eq!(b.prompts().len(), 1);
+    assert_eq!(o.blocks.len(), 1, "the cut block is kept");
+    assert!(o.completion().ends_with("Olivia.\n"));
+    // Off, the loop goes on as the authors' did.
+    let b = replies();
+    let cfg = SolveConfig {
+        stop_on_repetition: false,
+        ..SolveConfig::default()
+    };
+    let o = solve(Q, &b, &sandbox(), &cfg, &mut ()).await;
+    assert_eq!(o.stop, StopReason::EndOfMessage);
+    assert_eq!(b.prompts().len(), 2);
+}
+
+#[tokio::test]
+async fn the_same_blocks_a_third_time_stop_the_loop() {
+    // A text and a code block, again and again: stopped after the third copy.
+    let mut b = Script::new(&[
+        "<|text|>Start.<|endofblock|>",
+        "<|text|>Add them.<|endofblock|>",
+        "<|code|>print(2 + 2)<|endofblock|>",
+    ]);
+    {
+        let mut r = b.replies.lock().unwrap();
+        for _ in 0..2 {
+            r.insert(
+                0,
+                Ok(("<|text|>Add them.<|endofblock|>".into(), FinishReason::Stop)),
+            );
+            r.insert(
+                0,
+                Ok((
+                    "<|code|>print(2 + 2)<|endofblock|>".into(),
+                    FinishReason::Stop,
+                )),
+            );
+        }
+    }
+    b.repeat_last = true;
+    let o = solve(Q, &b, &sandbox(), &SolveConfig::default(), &mut ()).await;
+    assert_eq!(o.stop, StopReason::Repetition);
+    assert_eq!(o.model_blocks(), 7);
+    assert_eq!(b.prompts().len(), 7);
+    // Two copies are not a loop.
+    let b = Script::new(&[
+        "<|code|>print(2 + 2)<|endofblock|>",
+        "<|code|>print(2 + 2)<|endofblock|>",
+        "<|text|>$\\boxed{4}$<|endofblock|><|endofmessage|>",
+    ]);
+    let o = solve(Q, &b, &sandbox(), &SolveConfig::default(), &mut ()).await;
+    assert_eq!(o.stop, StopReason::EndOfMessage);
 }
 
 /// Lays the loop's prompts and the model's replies over the spans of the rendered solution: the
