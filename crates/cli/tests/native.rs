@@ -57,6 +57,15 @@ fn generate_prints_ids_and_text() {
 }
 
 #[test]
+fn a_model_repeating_its_code_block_stops_at_the_third_copy() {
+    let v = run_json(native(bin().args(["solve", "What is 6*7?", "--json"])));
+    let o = &v["outcome"];
+    assert_eq!(o["stop"]["kind"], "repetition");
+    assert_eq!(o["blocks"].as_array().unwrap().len(), 1 + 3 * 2);
+    assert_eq!(v["answer"], "42");
+}
+
+#[test]
 fn solve_runs_text_code_execution_rounds_on_the_kv_cache() {
     let v = run_json(native(bin().args([
         "solve",
@@ -64,6 +73,8 @@ fn solve_runs_text_code_execution_rounds_on_the_kv_cache() {
         "--json",
         "--max-blocks",
         "5",
+        // The fixture repeats its code block: let it run to the block limit.
+        "--no-repetition-stop",
     ])));
     let o = &v["outcome"];
     let blocks: Vec<(String, String)> = o["blocks"]

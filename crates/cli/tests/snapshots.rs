@@ -248,6 +248,9 @@ fn eval_report_on_a_replayed_run() {
                 "30",
                 "--concurrency",
                 "4",
+                // The recorded solutions come from the authors' loop, which went on through
+                // repeated blocks.
+                "--no-repetition-stop",
             ])
             .args(["--endpoint", &url, "--out"])
             .arg(&out)

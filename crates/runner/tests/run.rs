@@ -77,7 +77,11 @@ fn config(out: &Path, concurrency: usize, retry_failed: bool) -> RunConfig {
         dataset: "simuleq".into(),
         concurrency,
         samples: 1,
-        solve: SolveConfig::default(),
+        // Replays reproduce the authors' loop, which went on through repeated blocks.
+        solve: SolveConfig {
+            stop_on_repetition: false,
+            ..SolveConfig::default()
+        },
         conventions: Dataset::SimulEq,
         retry_failed,
     }
