@@ -109,10 +109,7 @@ impl Outcome {
         self.blocks.last().map(|b| b.content.as_str()).unwrap_or("")
     }
     pub fn model_blocks(&self) -> usize {
-        self.blocks
-            .iter()
-            .filter(|b| b.kind != BlockKind::Execution)
-            .count()
+        written_by_model(&self.blocks).count()
     }
 }
 
@@ -166,21 +163,16 @@ pub fn is_runaway(text: &str) -> bool {
 /// Whether the model's last blocks are one run of 1-3 blocks written three times over, word for
 /// word (executions aside): a loop that greedy decoding does not leave.
 pub fn repeats_blocks(blocks: &[Block]) -> bool {
-    let model: Vec<&Block> = blocks
-        .iter()
-        .filter(|b| b.kind != BlockKind::Execution)
-        .collect();
+    let model: Vec<&Block> = written_by_model(blocks).collect();
+    let n = model.len();
     (1..=3).any(|u| {
-        let n = model.len();
-        n >= 3 * u
-            && (n - u..n).all(|i| {
-                let (a, b, c) = (model[i], model[i - u], model[i - 2 * u]);
-                a.kind == b.kind
-                    && a.content == b.content
-                    && b.kind == c.kind
-                    && b.content == c.content
-            })
+        n >= 3 * u && (n - u..n).all(|i| model[i] == model[i - u] && model[i] == model[i - 2 * u])
     })
+}
+
+/// The blocks the model wrote (text and code; executions are the sandbox's).
+fn written_by_model(blocks: &[Block]) -> impl Iterator<Item = &Block> {
+    blocks.iter().filter(|b| b.kind != BlockKind::Execution)
 }
 
 /// A session started in the background when the loop begins, awaited at the first code block.
@@ -232,12 +224,7 @@ pub async fn solve(
     let mut rounds: Vec<Round> = Vec::new();
     let (mut gen_total, mut exec_total) = (Duration::ZERO, Duration::ZERO);
     let stop = loop {
-        if blocks
-            .iter()
-            .filter(|b| b.kind != BlockKind::Execution)
-            .count()
-            >= config.max_blocks
-        {
+        if written_by_model(&blocks).count() >= config.max_blocks {
             break StopReason::BlockLimit;
         }
         let req = GenerateRequest {
