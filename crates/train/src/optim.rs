@@ -292,15 +292,19 @@ fn in_place(
 }
 
 /// The global L2 norm of `grads`, summed in f64 (an f32 running sum over a large embedding
-/// gradient is off by ~1e-5); one parallel pass without copies on the CPU.
+/// gradient is off by ~1e-5); one parallel pass without copies on the CPU. The chunks' partial
+/// sums are added in chunk order, so the norm does not depend on how the pool split the work (a
+/// rayon `sum` does: its last bits changed from run to run, and a resumed run's log with them).
 pub fn grad_norm(grads: &[Tensor]) -> Result<f64, TrainError> {
     let mut sq = 0f64;
     for g in grads {
         sq += if g.device().is_cpu() && g.dtype() == DType::F32 {
             with_f32(&g.contiguous()?, |x| {
-                Ok(x.par_chunks(1 << 14)
+                let partial: Vec<f64> = x
+                    .par_chunks(1 << 14)
                     .map(|c| c.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>())
-                    .sum::<f64>())
+                    .collect();
+                Ok(partial.iter().sum::<f64>())
             })?
         } else {
             g.to_dtype(DType::F64)?
