@@ -62,6 +62,83 @@ fn grade_json_and_verdicts() {
     assert!(s.contains("0.50 errors"), "{s}");
 }
 
+/// A GSM8K record in the authors' format whose completion is `answer` (gold 4).
+fn gsm8k_record(id: &str, answer: &str) -> String {
+    format!(
+        r#"{{"id": "{id}", "messages": [{{"role": "user", "content": [{{"type": "text", "content": "What is 2+2?"}}]}}], "ground_truth": {{"solution": "", "answer": "4"}}, "debug_result": [{{"role": "text", "content": "{answer}"}}], "completion": "{answer}"}}"#
+    ) + "\n"
+}
+
+#[test]
+fn grade_paired_compares_runs_problem_by_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    // a is right on p0-p9 and p10; b is right on p10 and p11 only; p12 is only in b.
+    let mut ra = String::new();
+    let mut rb = String::new();
+    for i in 0..12 {
+        ra += &gsm8k_record(&format!("p{i}"), if i <= 10 { "4" } else { "5" });
+        rb += &gsm8k_record(&format!("p{i}"), if i >= 10 { "4" } else { "5" });
+    }
+    rb += &gsm8k_record("p12", "4");
+    std::fs::write(&a, ra).unwrap();
+    std::fs::write(&b, rb).unwrap();
+    let out = bin()
+        .args(["grade", "--dataset", "gsm8k", "--paired"])
+        .args([&a, &b])
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{s}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(s.contains("accuracy 91.67% (95% CI 64.6-98.5%)"), "{s}");
+    // 10 vs 1 discordant: p = 2 * 12 / 2^11.
+    assert!(
+        s.contains("12 problems in both: both right 1, only the first 10, only the second 1, both wrong 0; exact McNemar p = 0.012"),
+        "{s}"
+    );
+    let json = bin()
+        .args([
+            "grade",
+            "--dataset",
+            "gsm8k",
+            "--paired",
+            "--format",
+            "json",
+        ])
+        .args([&a, &b])
+        .output()
+        .unwrap();
+    let last: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&json.stdout)
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(last["paired"]["first_only"], 10);
+    assert_eq!(last["paired"]["common"], 12);
+    // One run, or repeated ids: a clear error.
+    let one = bin()
+        .args(["grade", "--dataset", "gsm8k", "--paired"])
+        .arg(&a)
+        .output()
+        .unwrap();
+    assert_eq!(one.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&one.stderr).contains("at least two runs"));
+    std::fs::write(&b, gsm8k_record("p1", "4").repeat(2)).unwrap();
+    let rep = bin()
+        .args(["grade", "--dataset", "gsm8k", "--paired"])
+        .args([&a, &b])
+        .output()
+        .unwrap();
+    assert_eq!(rep.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&rep.stderr).contains("several records for p1"));
+}
+
 #[test]
 fn bad_inputs_give_clear_errors() {
     let out = bin()

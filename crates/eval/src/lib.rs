@@ -6,6 +6,7 @@
 
 pub mod report;
 pub mod score;
+pub mod stats;
 pub mod table2;
 
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ pub use report::{
 pub use score::{
     score_file, score_records, AuthorsSplit, FileScore, Grading, ScoredRecord, SolutionStats,
 };
+pub use stats::{mcnemar_exact, paired, wilson95, PairError, Paired};
 
 /// Errors scoring files.
 #[derive(Debug, thiserror::Error)]

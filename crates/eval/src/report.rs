@@ -294,12 +294,16 @@ pub fn render_text(runs: &[(RunReport, Vec<usize>)], scores: &[FileScore]) -> St
     for (run, idx) in runs {
         let _ = writeln!(
             out,
-            "{}\n  dataset {}  records {}  correct {}  accuracy {:.2}%",
+            "{}\n  dataset {}  records {}  correct {}  accuracy {:.2}%{}",
             run.name,
             run.dataset.name(),
             run.total,
             run.correct,
-            100.0 * run.accuracy()
+            100.0 * run.accuracy(),
+            match crate::stats::wilson95(run.correct, run.total) {
+                Some((lo, hi)) => format!(" (95% CI {:.1}-{:.1}%)", 100.0 * lo, 100.0 * hi),
+                None => String::new(),
+            }
         );
         if let Some(n) = run.benchmark_size.filter(|n| *n > run.total) {
             let _ = writeln!(
@@ -341,7 +345,7 @@ pub fn render_text(runs: &[(RunReport, Vec<usize>)], scores: &[FileScore]) -> St
     out
 }
 
-/// One JSON object per input file: `{"file","dataset","total","correct","accuracy"}`.
+/// One JSON object per input file: `{"file","dataset","total","correct","accuracy","accuracy_ci95"}`.
 #[derive(Clone, Debug, Serialize)]
 pub struct FileSummary {
     pub file: String,
@@ -349,6 +353,8 @@ pub struct FileSummary {
     pub total: usize,
     pub correct: usize,
     pub accuracy: f64,
+    /// The accuracy's 95% Wilson interval (absent with no records).
+    pub accuracy_ci95: Option<(f64, f64)>,
 }
 
 impl FileSummary {
@@ -359,6 +365,7 @@ impl FileSummary {
             total: s.records.len(),
             correct: s.correct(),
             accuracy: ratio(s.correct(), s.records.len()),
+            accuracy_ci95: crate::stats::wilson95(s.correct(), s.records.len()),
         }
     }
 }

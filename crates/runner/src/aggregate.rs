@@ -16,6 +16,8 @@ pub struct Summary {
     pub correct: usize,
     /// Accuracy over all records (= greedy accuracy with one sample).
     pub accuracy: f64,
+    /// Its 95% Wilson interval (absent with no records).
+    pub accuracy_ci95: Option<(f64, f64)>,
     /// With several samples per problem: majority vote over extracted answers.
     pub maj_at_k: Option<f64>,
     /// With several samples: at least one correct sample.
@@ -98,6 +100,7 @@ pub fn summarize(
         records,
         correct,
         accuracy: correct as f64 / d,
+        accuracy_ci95: mathcoder_eval::wilson95(correct, records),
         maj_at_k: maj,
         pass_at_k: pass,
         pass_at_1: pass1,

@@ -29,6 +29,10 @@ pub struct Args {
     /// when written (by default those are reported as stored).
     #[arg(long)]
     regrade: bool,
+    /// Compare the runs problem by problem (by id), each pair in turn: problems both get right,
+    /// only one gets right, neither; and the exact McNemar p-value of the difference.
+    #[arg(long)]
+    paired: bool,
 }
 
 pub fn run(a: Args) -> Result<i32> {
@@ -64,6 +68,27 @@ pub fn run(a: Args) -> Result<i32> {
         }
         w.flush()?;
     }
+    let runs = group_runs(&scores);
+    if a.paired && runs.len() < 2 {
+        anyhow::bail!("--paired needs at least two runs (got {})", runs.len());
+    }
+    let mut pairs = Vec::new();
+    if a.paired {
+        for (i, (x, xi)) in runs.iter().enumerate() {
+            for (y, yi) in &runs[i + 1..] {
+                let records = |idx: &[usize]| {
+                    idx.iter()
+                        .flat_map(|&k| scores[k].records.iter())
+                        .collect::<Vec<_>>()
+                };
+                let (rx, ry) = (records(xi), records(yi));
+                pairs.push(mathcoder_eval::paired(
+                    (&x.name, rx.into_iter()),
+                    (&y.name, ry.into_iter()),
+                )?);
+            }
+        }
+    }
     let mut out = std::io::stdout().lock();
     match a.format {
         Format::Json => {
@@ -71,10 +96,20 @@ pub fn run(a: Args) -> Result<i32> {
                 serde_json::to_writer(&mut out, &FileSummary::of(s))?;
                 writeln!(out)?;
             }
+            for p in &pairs {
+                serde_json::to_writer(&mut out, &serde_json::json!({ "paired": p }))?;
+                writeln!(out)?;
+            }
         }
         Format::Text => {
-            let runs = group_runs(&scores);
             write!(out, "{}", render_text(&runs, &scores))?;
+            for p in &pairs {
+                writeln!(
+                    out,
+                    "{} vs {}\n  {} problems in both: both right {}, only the first {}, only the second {}, both wrong {}; exact McNemar p = {:.3}",
+                    p.first, p.second, p.common, p.both_right, p.first_only, p.second_only, p.both_wrong, p.p_value
+                )?;
+            }
         }
     }
     Ok(0)
