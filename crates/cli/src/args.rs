@@ -324,7 +324,7 @@ pub struct LoopArgs {
     #[arg(long)]
     pub model_predicts_execution: bool,
     /// Go on after a block that was cut at --max-new-tokens while repeating itself, or after the
-    /// same 1-3 blocks a third time in a row (the authors' loop did: a greedy model then repeats
+    /// same 1-3 blocks (numbers aside) a third time in a row (the authors' loop did: a greedy model then repeats
     /// them until --max-blocks). By default the loop stops there with stop reason `repetition`.
     #[arg(long)]
     pub no_repetition_stop: bool,

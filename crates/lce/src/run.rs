@@ -26,7 +26,7 @@ pub enum StopReason {
     /// The model produced nothing usable (an empty generation or end of sequence).
     Length,
     /// The model went into a loop: a block cut at the per-block token limit while repeating
-    /// itself, or the same blocks written three times in a row (the loop's runaway guard; greedy
+    /// itself, or the same blocks (numbers aside) written three times in a row (the loop's runaway guard; greedy
     /// decoding would only repeat them until the block limit).
     Repetition,
     /// The backend failed (after its retries).

@@ -40,7 +40,7 @@ pub struct SolveConfig {
     #[serde(default = "yes")]
     pub execute: bool,
     /// Stop when a round is cut at `max_new_tokens` while repeating itself ([`is_runaway`]), or
-    /// when the model writes the same blocks a third time in a row ([`repeats_blocks`]): with
+    /// when the model writes the same blocks, numbers aside, a third time in a row ([`repeats_blocks`]): with
     /// greedy decoding it would only go on repeating them until `max_blocks`. The authors' loop
     /// went on (off: their behaviour).
     #[serde(default = "yes")]
@@ -145,12 +145,7 @@ pub fn truncate_decimals(s: &str) -> String {
 /// the same line), ends in at least three copies of one unit, and the repetition covers at
 /// least half of it.
 pub fn is_runaway(text: &str) -> bool {
-    let mut t: Vec<char> = Vec::with_capacity(text.len());
-    for c in text.chars() {
-        if !(c.is_ascii_digit() && t.last().is_some_and(|l| l.is_ascii_digit())) {
-            t.push(if c.is_ascii_digit() { '0' } else { c });
-        }
-    }
+    let t = fold_digits(text);
     let n = t.len();
     (1..=n / 3).any(|p| {
         // Length of the suffix in which every char equals the one `p` before it, plus `p`.
@@ -160,10 +155,26 @@ pub fn is_runaway(text: &str) -> bool {
     })
 }
 
+/// The text with every run of digits read as the one digit `0`: a counter or a running total
+/// does not make a repeated line new (`step_3 = step_2` and `step_4 = step_3` are one line).
+fn fold_digits(text: &str) -> Vec<char> {
+    let mut t: Vec<char> = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        if !(c.is_ascii_digit() && t.last().is_some_and(|l| l.is_ascii_digit())) {
+            t.push(if c.is_ascii_digit() { '0' } else { c });
+        }
+    }
+    t
+}
+
 /// Whether the model's last blocks are one run of 1-3 blocks written three times over, word for
-/// word (executions aside): a loop that greedy decoding does not leave.
+/// word but for their numbers (executions aside): a loop that greedy decoding does not leave
+/// (`The depth is 180 - 15 = 165 feet.` / `step_3 = step_2 - 15`, then the same with the next
+/// numbers, until the block limit).
 pub fn repeats_blocks(blocks: &[Block]) -> bool {
-    let model: Vec<&Block> = written_by_model(blocks).collect();
+    let model: Vec<(BlockKind, Vec<char>)> = written_by_model(blocks)
+        .map(|b| (b.kind, fold_digits(&b.content)))
+        .collect();
     let n = model.len();
     (1..=3).any(|u| {
         n >= 3 * u && (n - u..n).all(|i| model[i] == model[i - u] && model[i] == model[i - 2 * u])

@@ -287,6 +287,42 @@ async fn the_same_blocks_a_third_time_stop_the_loop() {
     assert_eq!(o.stop, StopReason::EndOfMessage);
 }
 
+#[tokio::test]
+async fn blocks_repeated_with_new_numbers_stop_the_loop_too() {
+    // MathCoder-S on svamp-14: the same step again with the next numbers, to the block limit.
+    let mut replies = vec!["<|text|>Ron is 13 feet tall.<|endofblock|>".to_string()];
+    for i in 1..=5 {
+        replies.push(format!(
+            "<|text|>The depth of the water is {} - 15 = {} feet.<|endofblock|>",
+            200 - 15 * i,
+            185 - 15 * i
+        ));
+        replies.push(format!(
+            "<|code|>step_{} = step_{} - 15\nstep_{}<|endofblock|>",
+            i + 1,
+            i,
+            i + 1
+        ));
+    }
+    let replies: Vec<&str> = replies.iter().map(String::as_str).collect();
+    let b = Script::new(&replies);
+    let o = solve(Q, &b, &sandbox(), &SolveConfig::default(), &mut ()).await;
+    assert_eq!(o.stop, StopReason::Repetition);
+    assert_eq!(o.model_blocks(), 7, "stopped at the third copy");
+    // Steps that differ in their words as well are not a loop.
+    let b = Script::new(&[
+        "<|text|>Apples: 3 * 4 = 12.<|endofblock|>",
+        "<|code|>apples = 3 * 4<|endofblock|>",
+        "<|text|>Pears: 2 * 5 = 10.<|endofblock|>",
+        "<|code|>pears = 2 * 5<|endofblock|>",
+        "<|text|>Plums: 6 * 1 = 6.<|endofblock|>",
+        "<|code|>plums = 6 * 1\nprint(apples + pears + plums)<|endofblock|>",
+        "<|text|>$\\boxed{28}$<|endofblock|><|endofmessage|>",
+    ]);
+    let o = solve(Q, &b, &sandbox(), &SolveConfig::default(), &mut ()).await;
+    assert_eq!(o.stop, StopReason::EndOfMessage);
+}
+
 /// Lays the loop's prompts and the model's replies over the spans of the rendered solution: the
 /// first prompt is the prompt span, every later prompt is the text up to the start of a model
 /// span, every reply is exactly a run of model spans, and what the loop adds between two rounds
