@@ -65,6 +65,34 @@ fn a_model_repeating_its_code_block_stops_at_the_third_copy() {
     assert_eq!(v["answer"], "42");
 }
 
+/// `data distill --teacher lce --model DIR` (no `--backend`): the local checkpoint runs on the
+/// native engine, as for `solve` and `eval` (it used to be sent to a TGI server at the default
+/// endpoint); its three greedy samples agree on 42.
+#[test]
+fn distill_with_a_local_model_runs_it_natively() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["data", "distill", "--problems", "svamp", "--limit", "1"])
+        .args(["--teacher", "lce", "--samples", "3", "--model"])
+        .arg(fixtures().join("lce-bigram"))
+        .arg("--tokenizer")
+        .arg(fixtures().join("llama2-tiny/tokenizer.json"))
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("3 of 3 answers agree on 1"), "{text}");
+    let data = std::fs::read_to_string(dir.path().join("data.jsonl")).unwrap();
+    assert_eq!(data.lines().count(), 1);
+    assert!(data.contains("print(6*7)"), "{data}");
+}
+
 #[test]
 fn solve_runs_text_code_execution_rounds_on_the_kv_cache() {
     let v = run_json(native(bin().args([

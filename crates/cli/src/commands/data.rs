@@ -147,9 +147,9 @@ pub struct DistillArgs {
     chat: super::data_chat::ChatArgs,
 }
 
-fn distill(a: DistillArgs) -> Result<i32> {
+fn distill(mut a: DistillArgs) -> Result<i32> {
     let (name, problems, conventions) = super::load_problems(&a.problems, a.conventions, a.limit)?;
-    check_teacher(a.teacher, &a.backend, a.concurrency)?;
+    a.backend = teacher_backend(a.teacher, &a.backend, &a.sandbox, a.concurrency)?;
     let sandbox = a.sandbox.sandbox()?;
     let grader = Arc::new(Grader::new(a.grading.options()));
     let solve = a.looping.config();
@@ -270,10 +270,9 @@ pub fn run(a: Args) -> Result<i32> {
     }
 }
 
-fn seed(a: SeedArgs) -> Result<i32> {
+fn seed(mut a: SeedArgs) -> Result<i32> {
     let (name, problems, conventions) = super::load_problems(&a.source, a.conventions, a.limit)?;
-    // Nothing listening: say so at once, before the sandbox is prepared.
-    check_teacher(a.teacher, &a.backend, a.concurrency)?;
+    a.backend = teacher_backend(a.teacher, &a.backend, &a.sandbox, a.concurrency)?;
     let sandbox = a.sandbox.sandbox()?;
     let grader = Arc::new(Grader::new(a.grading.options()));
     let solve = a.looping.config();
@@ -487,13 +486,26 @@ fn stats(a: StatsArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Nothing listening where the teacher should be: say so at once, before the sandbox is
-/// prepared.
-fn check_teacher(teacher: TeacherKind, backend: &BackendArgs, concurrency: usize) -> Result<()> {
-    match teacher {
-        TeacherKind::Lce => backend.spec(concurrency).check_listening()?,
-        TeacherKind::Chat => backend.spec(concurrency).check_chat_listening()?,
-        TeacherKind::Annotations => {}
-    }
-    Ok(())
+/// The teacher's backend flags with the implicit choices made (an LCE teacher given no
+/// backend, model or endpoint is MathCoder-S on the native engine, as for `solve` and `eval`;
+/// a chat teacher is never MathCoder-S, which is no chat model); and if nothing listens where
+/// the teacher should be, the error at once, before the sandbox is prepared.
+fn teacher_backend(
+    teacher: TeacherKind,
+    backend: &BackendArgs,
+    sandbox: &SandboxArgs,
+    concurrency: usize,
+) -> Result<BackendArgs> {
+    Ok(match teacher {
+        TeacherKind::Lce => {
+            let b = backend.resolve(sandbox)?;
+            b.spec(concurrency).check_listening()?;
+            b
+        }
+        TeacherKind::Chat => {
+            backend.spec(concurrency).check_chat_listening()?;
+            backend.clone()
+        }
+        TeacherKind::Annotations => backend.clone(),
+    })
 }
