@@ -1,10 +1,8 @@
 //! The `mathcoder` binary, end to end.
 
-use std::process::Command;
+mod common;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mathcoder"))
-}
+use common::bin;
 
 const RECORDS: &str = concat!(
     r#"{"id": "test/algebra/1.json", "messages": [{"role": "system", "content": [{"type": "text", "content": "s"}]}, {"role": "user", "content": [{"type": "text", "content": "What is 1/2+1/3?"}]}], "ground_truth": {"solution": "", "answer": "\\frac{5}{6}"}, "debug_result": [{"role": "code", "content": "1/2+1/3"}, {"role": "execution", "content": "0.8333333333333333"}, {"role": "text", "content": "\\frac{5}{6}"}], "completion": "\\frac{5}{6}"}"#,
@@ -83,16 +81,10 @@ fn grade_paired_compares_runs_problem_by_problem() {
     rb += &gsm8k_record("p12", "4");
     std::fs::write(&a, ra).unwrap();
     std::fs::write(&b, rb).unwrap();
-    let out = bin()
-        .args(["grade", "--dataset", "gsm8k", "--paired"])
-        .args([&a, &b])
-        .output()
-        .unwrap();
-    let s = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{s}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let s = common::stdout_of(
+        bin()
+            .args(["grade", "--dataset", "gsm8k", "--paired"])
+            .args([&a, &b]),
     );
     assert!(s.contains("accuracy 91.67% (95% CI 64.6-98.5%)"), "{s}");
     // 10 vs 1 discordant: p = 2 * 12 / 2^11.
@@ -100,25 +92,19 @@ fn grade_paired_compares_runs_problem_by_problem() {
         s.contains("12 problems in both: both right 1, only the first 10, only the second 1, both wrong 0; exact McNemar p = 0.012"),
         "{s}"
     );
-    let json = bin()
-        .args([
-            "grade",
-            "--dataset",
-            "gsm8k",
-            "--paired",
-            "--format",
-            "json",
-        ])
-        .args([&a, &b])
-        .output()
-        .unwrap();
-    let last: serde_json::Value = serde_json::from_str(
-        String::from_utf8_lossy(&json.stdout)
-            .lines()
-            .last()
-            .unwrap(),
-    )
-    .unwrap();
+    let json = common::stdout_of(
+        bin()
+            .args([
+                "grade",
+                "--dataset",
+                "gsm8k",
+                "--paired",
+                "--format",
+                "json",
+            ])
+            .args([&a, &b]),
+    );
+    let last: serde_json::Value = serde_json::from_str(json.lines().last().unwrap()).unwrap();
     assert_eq!(last["paired"]["first_only"], 10);
     assert_eq!(last["paired"]["common"], 12);
     // One run, or repeated ids: a clear error.

@@ -6,9 +6,9 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mathcoder"))
-}
+mod common;
+
+use common::bin;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures")
@@ -22,13 +22,7 @@ fn native(cmd: &mut Command) -> &mut Command {
 }
 
 fn run_json(cmd: &mut Command) -> Value {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&common::stdout_of(cmd)).unwrap()
 }
 
 #[test]
@@ -71,21 +65,15 @@ fn a_model_repeating_its_code_block_stops_at_the_third_copy() {
 #[test]
 fn distill_with_a_local_model_runs_it_natively() {
     let dir = tempfile::tempdir().unwrap();
-    let out = bin()
-        .args(["data", "distill", "--problems", "svamp", "--limit", "1"])
-        .args(["--teacher", "lce", "--samples", "3", "--model"])
-        .arg(fixtures().join("lce-bigram"))
-        .arg("--tokenizer")
-        .arg(fixtures().join("llama2-tiny/tokenizer.json"))
-        .arg("--out")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = common::stdout_of(
+        bin()
+            .args(["data", "distill", "--problems", "svamp", "--limit", "1"])
+            .args(["--teacher", "lce", "--samples", "3", "--model"])
+            .arg(fixtures().join("lce-bigram"))
+            .arg("--tokenizer")
+            .arg(fixtures().join("llama2-tiny/tokenizer.json"))
+            .arg("--out")
+            .arg(dir.path()),
     );
     assert!(text.contains("3 of 3 answers agree on 1"), "{text}");
     let data = std::fs::read_to_string(dir.path().join("data.jsonl")).unwrap();

@@ -11,6 +11,18 @@ pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mathcoder"))
 }
 
+/// Runs the command, asserts that it succeeded (showing its output if not), returns its stdout.
+pub fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 /// `mathcoder-bench` (where the replay server lives), built beside `mathcoder` by
 /// `cargo test --workspace`.
 pub fn bench_bin() -> Command {
