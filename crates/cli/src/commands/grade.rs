@@ -69,22 +69,16 @@ pub fn run(a: Args) -> Result<i32> {
         w.flush()?;
     }
     let runs = group_runs(&scores);
-    if a.paired && runs.len() < 2 {
-        anyhow::bail!("--paired needs at least two runs (got {})", runs.len());
-    }
     let mut pairs = Vec::new();
     if a.paired {
+        if runs.len() < 2 {
+            anyhow::bail!("--paired needs at least two runs (got {})", runs.len());
+        }
         for (i, (x, xi)) in runs.iter().enumerate() {
             for (y, yi) in &runs[i + 1..] {
-                let records = |idx: &[usize]| {
-                    idx.iter()
-                        .flat_map(|&k| scores[k].records.iter())
-                        .collect::<Vec<_>>()
-                };
-                let (rx, ry) = (records(xi), records(yi));
                 pairs.push(mathcoder_eval::paired(
-                    (&x.name, rx.into_iter()),
-                    (&y.name, ry.into_iter()),
+                    (&x.name, run_records(&scores, xi)),
+                    (&y.name, run_records(&scores, yi)),
                 )?);
             }
         }
@@ -113,4 +107,12 @@ pub fn run(a: Args) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// A run's records: those of its files (an authors' `-correct`/`-wrong` pair is one run).
+fn run_records<'a>(
+    scores: &'a [FileScore],
+    files: &'a [usize],
+) -> impl Iterator<Item = &'a mathcoder_eval::ScoredRecord> {
+    files.iter().flat_map(|&k| scores[k].records.iter())
 }
