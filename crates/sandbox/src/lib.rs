@@ -167,11 +167,8 @@ impl Sandbox {
             .workdir_root
             .clone()
             .unwrap_or_else(std::env::temp_dir);
-        let root = base.join(format!(
-            "mathcoder-sandbox-{}-{:x}",
-            std::process::id(),
-            nanos()
-        ));
+        remove_orphaned_roots(&base);
+        let root = base.join(format!("{ROOT_PREFIX}{}-{:x}", std::process::id(), nanos()));
         std::fs::create_dir_all(&root)
             .map_err(|e| SandboxError::Start(format!("creating {}: {e}", root.display())))?;
         use std::os::unix::fs::PermissionsExt;
@@ -233,9 +230,72 @@ impl Sandbox {
     }
 }
 
+/// Sandbox roots are named `{ROOT_PREFIX}{pid}-{nanos:x}` after the supervisor that made them.
+const ROOT_PREFIX: &str = "mathcoder-sandbox-";
+
+/// Removes the roots that supervisors killed without unwinding (`kill -9`, a crash) left in
+/// `base`: those whose pid is no longer a live process. A live process's roots are never
+/// touched, whoever it is (a recycled pid only delays the sweep to a later start).
+fn remove_orphaned_roots(base: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(ROOT_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid > 0 && !process_exists(pid) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Whether `pid` names a process (signal 0: existence and permission check only; EPERM means
+/// it exists under another user).
+fn process_exists(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 sends nothing.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 fn nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roots_of_dead_supervisors_are_removed_and_live_ones_kept() {
+        let base = tempfile::tempdir().unwrap();
+        // A pid that existed and is gone: a child that has exited and been reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let dead_root = base.path().join(format!("{ROOT_PREFIX}{dead}-18ed0"));
+        let live_root = base
+            .path()
+            .join(format!("{ROOT_PREFIX}{}-18ed1", std::process::id()));
+        let unrelated = base.path().join("mathcoder-sandbox-notes");
+        for dir in [&dead_root, &live_root, &unrelated] {
+            std::fs::create_dir_all(dir.join("s1/home")).unwrap();
+        }
+        remove_orphaned_roots(base.path());
+        assert!(!dead_root.exists(), "a dead supervisor's root stays");
+        assert!(live_root.exists(), "a live supervisor's root was removed");
+        assert!(
+            unrelated.exists(),
+            "a directory not named after a pid was removed"
+        );
+    }
 }
