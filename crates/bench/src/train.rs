@@ -163,6 +163,8 @@ fn step(
 }
 
 fn child(a: &TrainBenchArgs) -> Result<i32> {
+    // As `mathcoder train` runs.
+    mathcoder_train::keep_freed_memory();
     let shape = a.model[0];
     let config = ModelConfig::from_hf_json(&shape.hf_config().to_string())?;
     let device = Device::Cpu;

@@ -73,6 +73,171 @@ impl Linear {
     }
 }
 
+/// Projections that read the same input (q, k, v; gate, up), stacked along their output rows
+/// into one matrix where their storage allows it: one product, one quantization of the
+/// activations and one dispatch instead of `N`. Otherwise they stay apart.
+pub(crate) enum Stack<const N: usize> {
+    One { w: Linear, widths: [usize; N] },
+    Apart([Linear; N]),
+}
+
+impl<const N: usize> Stack<N> {
+    pub(crate) fn new(parts: [Linear; N]) -> candle_core::Result<Stack<N>> {
+        let dense: Option<Vec<&Tensor>> = parts
+            .iter()
+            .map(|p| match p {
+                Linear::Dense(w) => Some(w),
+                _ => None,
+            })
+            .collect();
+        if let Some(ws) = dense {
+            let stackable = ws.iter().all(|w| {
+                w.dtype() == ws[0].dtype() && w.rank() == 2 && w.dim(1).ok() == ws[0].dim(1).ok()
+            });
+            if stackable {
+                let widths = std::array::from_fn(|i| ws[i].dim(0).unwrap_or(0));
+                let w = Tensor::cat(&ws, 0)?;
+                return Ok(Stack::One {
+                    w: Linear::Dense(w),
+                    widths,
+                });
+            }
+        }
+        let packed: Option<Vec<&Packed>> = parts
+            .iter()
+            .map(|p| match p {
+                Linear::Packed(p) => Some(p.as_ref()),
+                _ => None,
+            })
+            .collect();
+        if let Some(stacked) = packed.as_deref().and_then(Packed::stack) {
+            let widths = std::array::from_fn(|i| packed.as_ref().map_or(0, |p| p[i].rows()));
+            return Ok(Stack::One {
+                w: Linear::Packed(Box::new(stacked)),
+                widths,
+            });
+        }
+        Ok(Stack::Apart(parts))
+    }
+
+    /// The stacked product `[rows, Σ widths]`, or `None` when the parts are apart.
+    fn stacked(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        match self {
+            Stack::One { w, .. } => Ok(Some(w.forward(x)?)),
+            Stack::Apart(_) => Ok(None),
+        }
+    }
+
+    /// Each part's product (views into the stacked one where there is one).
+    fn forward(&self, x: &Tensor) -> candle_core::Result<[Tensor; N]> {
+        let outs: Vec<Tensor> = match self {
+            Stack::One { w, widths } => {
+                let y = w.forward(x)?;
+                let mut at = 0;
+                widths
+                    .iter()
+                    .map(|&n| {
+                        let part = y.narrow(candle_core::D::Minus1, at, n);
+                        at += n;
+                        part
+                    })
+                    .collect::<candle_core::Result<_>>()?
+            }
+            Stack::Apart(parts) => parts
+                .iter()
+                .map(|p| p.forward(x))
+                .collect::<candle_core::Result<_>>()?,
+        };
+        outs.try_into()
+            .map_err(|_| candle_core::Error::Msg("stack: part count".into()))
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Stack::One { w, .. } => w.bytes(),
+            Stack::Apart(parts) => parts.iter().map(Linear::bytes).sum(),
+        }
+    }
+}
+
+/// SwiGLU over a stacked `[rows, 2F]` gate/up product: `silu(gate) · up`, `[rows, F]`, in one
+/// pass (f32 on the CPU).
+struct SwiGlu;
+
+impl candle_core::CustomOp1 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu-stacked"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(v) = s else {
+            candle_core::bail!("swiglu: f32 expected")
+        };
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("swiglu: contiguous input expected")
+        };
+        let (rows, two_f) = l.shape().dims2()?;
+        if two_f % 2 != 0 {
+            candle_core::bail!("swiglu: odd width {two_f}")
+        }
+        let f = two_f / 2;
+        let mut out = Vec::with_capacity(rows * f);
+        for row in v[a..b].chunks_exact(two_f) {
+            let (gate, up) = row.split_at(f);
+            out.extend(
+                gate.iter()
+                    .zip(up)
+                    .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u),
+            );
+        }
+        Ok((candle_core::CpuStorage::F32(out), (rows, f).into()))
+    }
+}
+
+/// `silu(gate) · up` for the MLP, from a stacked product where there is one.
+fn swiglu(gate_up: &Stack<2>, x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.dtype() == DType::F32 && x.device().is_cpu() {
+        if let Some(y) = gate_up.stacked(x)? {
+            return y.contiguous()?.apply_op1_no_bwd(&SwiGlu);
+        }
+    }
+    let [gate, up] = gate_up.forward(x)?;
+    candle_nn::ops::silu(&gate)? * up
+}
+
+/// One decoder layer as the forward pass uses it.
+pub(crate) struct Block {
+    attn_norm: Tensor,
+    qkv: Stack<3>,
+    qkv_bias: Option<[Tensor; 3]>,
+    o: Linear,
+    mlp_norm: Tensor,
+    gate_up: Stack<2>,
+    down: Linear,
+}
+
+impl Block {
+    fn new(l: Layer) -> candle_core::Result<Block> {
+        Ok(Block {
+            attn_norm: l.attn_norm,
+            qkv: Stack::new([l.q, l.k, l.v])?,
+            qkv_bias: l.qkv_bias,
+            o: l.o,
+            mlp_norm: l.mlp_norm,
+            gate_up: Stack::new([l.gate, l.up])?,
+            down: l.down,
+        })
+    }
+
+    fn bytes(&self) -> usize {
+        self.qkv.bytes() + self.o.bytes() + self.gate_up.bytes() + self.down.bytes()
+    }
+}
+
 /// Token embeddings: a dense table or a quantized one (rows dequantized on lookup).
 pub(crate) enum Embedding {
     Dense(Tensor),
@@ -114,7 +279,7 @@ pub(crate) struct Weights {
 pub struct Model {
     pub config: ModelConfig,
     pub(crate) embed: Embedding,
-    pub(crate) layers: Vec<Layer>,
+    pub(crate) layers: Vec<Block>,
     pub(crate) norm: Tensor,
     pub(crate) lm_head: Linear,
     pub(crate) rope: RopeLayout,
@@ -149,7 +314,11 @@ impl Model {
         Ok(Model {
             config,
             embed: w.embed,
-            layers: w.layers,
+            layers: w
+                .layers
+                .into_iter()
+                .map(Block::new)
+                .collect::<candle_core::Result<_>>()?,
             norm: w.norm,
             lm_head: w.lm_head,
             rope,
@@ -173,19 +342,7 @@ impl Model {
 
     /// Bytes of weights read per decoded token (every matrix once).
     pub fn weight_bytes(&self) -> usize {
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.q.bytes()
-                    + l.k.bytes()
-                    + l.v.bytes()
-                    + l.o.bytes()
-                    + l.gate.bytes()
-                    + l.up.bytes()
-                    + l.down.bytes()
-            })
-            .sum();
+        let layers: usize = self.layers.iter().map(Block::bytes).sum();
         layers + self.lm_head.bytes()
     }
 
@@ -245,11 +402,7 @@ impl Model {
         let scale = 1.0 / (d as f64).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
             let xn = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let (mut q, mut k, mut v) = (
-                layer.q.forward(&xn)?,
-                layer.k.forward(&xn)?,
-                layer.v.forward(&xn)?,
-            );
+            let [mut q, mut k, mut v] = layer.qkv.forward(&xn)?;
             if let Some([bq, bk, bv]) = &layer.qkv_bias {
                 q = q.broadcast_add(bq)?;
                 k = k.broadcast_add(bk)?;
@@ -294,9 +447,7 @@ impl Model {
             let attn = Tensor::cat(&outs, 0)?;
             x = (x + layer.o.forward(&attn)?)?;
             let xn = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, eps)?;
-            let gate = candle_nn::ops::silu(&layer.gate.forward(&xn)?)?;
-            let up = layer.up.forward(&xn)?;
-            x = (x + layer.down.forward(&(gate * up)?)?)?;
+            x = (x + layer.down.forward(&swiglu(&layer.gate_up, &xn)?)?)?;
         }
         for s in steps.iter_mut() {
             s.cache.advance(s.tokens.len());

