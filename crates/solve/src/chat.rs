@@ -4,7 +4,8 @@
 //! teacher of `mathcoder-data` and the chat mode of `solve`/`eval`.
 //!
 //! Each request carries the code-interpreter system prompt
-//! (`mathcoder_lce::chat::system_prompt`), the problem, and the conversation so far. In the
+//! (`mathcoder_lce::chat::system_prompt`), the problem (`user_message`: in the `fences` style
+//! followed by the request to compute with Python), and the conversation so far. In the
 //! `tools` style every entry of a reply's `tool_calls` runs, in order, in the problem's session
 //! and its output goes back as the `tool` message with its `tool_call_id`; in the `fences` style
 //! generation stops where a ```` ```python ```` fence closes, the fence runs, and its output goes
@@ -16,7 +17,8 @@
 //! extracts).
 
 use mathcoder_lce::chat::{
-    split_fenced, system_prompt, ChatStyle, CodeCall, Transcript, TranscriptError, Turn,
+    split_fenced, system_prompt, user_message, ChatStyle, CodeCall, Transcript, TranscriptError,
+    Turn,
 };
 use mathcoder_lce::{Block, BlockKind};
 use mathcoder_llm::chat::{BadToolCall, ChatFinish, ChatModel, ChatRequest};
@@ -171,13 +173,14 @@ pub async fn converse(
         observer.block(&b);
         c.partial.push(b);
     };
+    let user = user_message(config.style, question);
     c.result = 'rounds: {
         for _ in 0..config.max_rounds {
             let t = Instant::now();
             let reply = model
                 .complete(&ChatRequest {
                     system: Some(system_prompt(config.style)),
-                    user: question,
+                    user: &user,
                     transcript: &c.transcript,
                     style: Some(config.style),
                     max_tokens: config.max_tokens,

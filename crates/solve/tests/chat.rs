@@ -3,7 +3,7 @@
 //! (provisioned on first use, as `mathcoder setup` does).
 
 use async_trait::async_trait;
-use mathcoder_lce::chat::{output_message, system_prompt, ChatStyle, Turn};
+use mathcoder_lce::chat::{output_message, system_prompt, user_message, ChatStyle, Turn};
 use mathcoder_lce::BlockKind;
 use mathcoder_llm::chat::TemplateChat;
 use mathcoder_llm::template::{ChatTemplate, Message, Role, TemplateFamily};
@@ -132,7 +132,10 @@ async fn code_runs_output_goes_back_and_the_transcript_becomes_blocks() {
         p[0].prompt,
         chatml()
             .render(
-                &[Message::new(Role::System, sys), Message::new(Role::User, Q)],
+                &[
+                    Message::new(Role::System, sys),
+                    Message::new(Role::User, user_message(ChatStyle::Fences, Q)),
+                ],
                 true
             )
             .unwrap()
@@ -143,7 +146,7 @@ async fn code_runs_output_goes_back_and_the_transcript_becomes_blocks() {
             .render(
                 &[
                     Message::new(Role::System, sys),
-                    Message::new(Role::User, Q),
+                    Message::new(Role::User, user_message(ChatStyle::Fences, Q)),
                     Message::new(
                         Role::Assistant,
                         "In May she sold half of 48.\n```python\nmay = 48 / 2\nprint(48 + may)\n```"
