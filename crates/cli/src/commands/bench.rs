@@ -19,6 +19,19 @@ fn bench_binary() -> Result<PathBuf> {
     let name = format!("mathcoder-bench{}", std::env::consts::EXE_SUFFIX);
     let beside = me.with_file_name(&name);
     if beside.is_file() {
+        // `cargo build --bin mathcoder` leaves the other binary as it was: figures from a stale
+        // one would silently measure old code.
+        let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        if let (Some(bench), Some(this)) = (modified(&beside), modified(&me)) {
+            if bench < this {
+                eprintln!(
+                    "warning: {} is older than {}: it may not contain the latest changes \
+                     (`cargo build --bins` builds both)",
+                    beside.display(),
+                    me.display()
+                );
+            }
+        }
         return Ok(beside);
     }
     bail!(
