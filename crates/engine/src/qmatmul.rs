@@ -174,7 +174,7 @@ impl Packed {
             return Packed::from_q8_0(n, k, data);
         }
         let (spec, bw, bb) = quants::spec(t)?;
-        if n % GROUP != 0 || k % bw != 0 || data.len() != n * (k / bw) * bb {
+        if !n.is_multiple_of(GROUP) || !k.is_multiple_of(bw) || data.len() != n * (k / bw) * bb {
             return None;
         }
         let format = Format::Unsigned(spec);
@@ -234,7 +234,7 @@ impl Packed {
     fn from_q8_0(n: usize, k: usize, data: &[u8]) -> Option<Packed> {
         let kb = k / QK;
         let block = 2 + QK;
-        if n % GROUP != 0 || k % QK != 0 || data.len() != n * kb * block {
+        if !n.is_multiple_of(GROUP) || !k.is_multiple_of(QK) || data.len() != n * kb * block {
             return None;
         }
         let mut scales = vec![f16::ZERO; n * kb];

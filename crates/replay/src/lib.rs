@@ -459,7 +459,7 @@ async fn maybe_fault(shared: &Shared) -> Option<Response> {
     let n = shared.requests.fetch_add(1, Ordering::SeqCst) + 1;
     let fault = shared.config.fault?;
     let every = shared.config.fault_every.max(1);
-    if n % every != 0 {
+    if !n.is_multiple_of(every) {
         return None;
     }
     let k = shared.faults.fetch_add(1, Ordering::SeqCst) + 1;

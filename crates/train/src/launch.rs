@@ -181,7 +181,7 @@ exec accelerate launch --config_file {ACCELERATE_FILE} --num_processes "$NUM_GPU
 
 /// Writes the four launch files into `dir` (created if missing); returns their paths.
 pub fn write_launch(dir: &Path, s: &LaunchSettings) -> Result<Vec<PathBuf>, TrainError> {
-    if s.gpus == 0 || s.global_batch % s.gpus != 0 {
+    if s.gpus == 0 || !s.global_batch.is_multiple_of(s.gpus) {
         return Err(TrainError::Config(format!(
             "the global batch ({}) must be a multiple of the GPU count ({})",
             s.global_batch, s.gpus

@@ -102,7 +102,7 @@ impl TrainConfig {
         if self.global_batch == 0 || self.micro_batch == 0 {
             return bad("--global-batch and --micro-batch must be positive");
         }
-        if self.global_batch % self.micro_batch != 0 {
+        if !self.global_batch.is_multiple_of(self.micro_batch) {
             return bad("--global-batch must be a multiple of --micro-batch");
         }
         if !(self.lr.is_finite() && self.lr >= 0.0) {
@@ -579,7 +579,7 @@ impl Trainer {
             if self
                 .cfg
                 .save_every
-                .is_some_and(|k| k > 0 && self.step % k == 0)
+                .is_some_and(|k| k > 0 && self.step.is_multiple_of(k))
                 && self.step < end
             {
                 self.save(&out.join(format!("checkpoint-{}", self.step)))?;
