@@ -36,8 +36,11 @@ use crate::quants::{self, Spec, QK};
 const GROUP: usize = 8;
 /// Activation rows applied to one weight group per pass.
 const ROW_TILE: usize = 4;
-/// Multiply-adds below which a product runs on the calling thread only.
-const SERIAL_MACS: usize = 1 << 21;
+/// Multiply-adds below which a product runs on the calling thread only. Waking the pool's
+/// workers costs a few microseconds; at 2^21 every projection of a SmolLM2-135M decode step ran
+/// on one thread, with one core's share of the memory bandwidth (60 tok/s; 82-92 at 2^18,
+/// 2 threads).
+const SERIAL_MACS: usize = 1 << 18;
 
 /// How a packed matrix is multiplied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -355,9 +358,7 @@ impl Packed {
                 unsafe { self.group(g, r0, rows, &act, out_ptr.0, vnni) }
             }
         };
-        // A small product (a decode step of a small model) costs less than waking the pool's
-        // workers, and much less when the cores are shared and a spinning worker is
-        // descheduled: run it on this thread.
+        // A tiny product costs less than waking the pool's workers: run it on this thread.
         if m * n * k < SERIAL_MACS {
             work(0..groups * tiles);
         } else {
