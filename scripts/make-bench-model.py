@@ -1,7 +1,7 @@
 """Builds a random-weight model of TinyLlama-1.1B's shape for `mathcoder bench engine`.
 
 Writes a Hugging Face checkpoint (f32 safetensors, the Llama-2 tokenizer with MathCoder's 8
-tokens), and GGUF files converted and quantized by llama.cpp (f32, q8_0, q4_0). Needs torch,
+tokens), and GGUF files converted and quantized by llama.cpp (f32, q8_0, q4_0, q4_k_m). Needs torch,
 transformers, gguf and llama-cpp-python (see make-engine-fixtures.py). About 11 GB on disk.
 
     /tmp/ref/bin/python scripts/make-bench-model.py \
@@ -48,7 +48,8 @@ def main():
     subprocess.run([sys.executable, conv, hf, "--outtype", "f32", "--outfile", f32], check=True)
     import llama_cpp
     for name, ftype in [("q8_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0),
-                        ("q4_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0)]:
+                        ("q4_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0),
+                        ("q4_k_m", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)]:
         p = llama_cpp.llama_model_quantize_default_params()
         p.ftype = ftype
         out = os.path.join(a.out, f"tinyllama-shape.{name}.gguf")

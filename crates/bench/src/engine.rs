@@ -22,9 +22,10 @@ pub struct EngineBenchArgs {
     /// Tokens decoded for the decode measurement.
     #[arg(long, default_value_t = 32)]
     decode_tokens: usize,
-    /// Sequences decoded together for the batched measurement (0: skip).
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
+    /// Sequences decoded together for the batched measurements, one measurement per count
+    /// (`--batch 8 32`; 0: none).
+    #[arg(long, num_args = 1.., default_values_t = [8])]
+    batch: Vec<usize>,
     /// Python with torch/transformers and llama-cpp-python: also measure the references.
     #[arg(long)]
     reference_python: Option<PathBuf>,
@@ -102,9 +103,10 @@ fn measure(engine: &Engine, load_s: f64, a: &EngineBenchArgs) -> Result<Value> {
     }
     let decode_s = t.elapsed().as_secs_f64();
     let decoded = job.finish().0.tokens.len().saturating_sub(1);
-    // Batched decode: `batch` sequences with 32-token prompts, stepped together.
-    let batched = if a.batch > 0 {
-        let mut jobs: Vec<Job> = (0..a.batch)
+    // Batched decode: `n` sequences with 32-token prompts, stepped together.
+    let mut batched = Vec::new();
+    for &n in a.batch.iter().filter(|&&n| n > 0) {
+        let mut jobs: Vec<Job> = (0..n)
             .map(|i| {
                 let mut s = engine.session();
                 let mut p = prompt_ids(32 + i, vocab);
@@ -129,16 +131,15 @@ fn measure(engine: &Engine, load_s: f64, a: &EngineBenchArgs) -> Result<Value> {
             .into_iter()
             .map(|j| j.finish().0.tokens.len().saturating_sub(1))
             .sum();
-        json!({"sequences": a.batch, "steps": steps, "tokens": tokens, "seconds": secs, "tok_s": tokens as f64 / secs})
-    } else {
-        Value::Null
-    };
+        batched.push(json!({"sequences": n, "steps": steps, "tokens": tokens, "seconds": secs, "tok_s": tokens as f64 / secs}));
+    }
     let bytes = engine.model.weight_bytes();
     Ok(json!({
         "engine": "mathcoder native (candle 0.11)",
         "hidden_size": engine.model.config.hidden_size,
         "weights": engine.model.weight_format,
         "compute_dtype": format!("{:?}", engine.model.dtype).to_lowercase(),
+        "kv_cache_dtype": format!("{:?}", engine.model.kv_dtype).to_lowercase(),
         "parameters": engine.model.config.parameters(),
         "weight_bytes_per_token": bytes,
         "load_s": load_s,
@@ -170,16 +171,20 @@ fn run_child(a: &EngineBenchArgs, path: &std::path::Path) -> Result<Value> {
         .arg(path)
         .args(["--prompt-tokens", &a.prompt_tokens.to_string()])
         .args(["--decode-tokens", &a.decode_tokens.to_string()])
-        .args(["--batch", &a.batch.to_string()]);
+        .arg("--batch")
+        .args(a.batch.iter().map(|n| n.to_string()));
     if let Some(t) = &a.native.tokenizer {
         c.arg("--tokenizer").arg(t);
     }
-    if let Some(d) = a.native.dtype {
-        use clap::ValueEnum;
-        if let Some(v) = d.to_possible_value() {
-            c.args(["--dtype", v.get_name()]);
+    // The child parses the same native options.
+    fn flag<T: clap::ValueEnum>(c: &mut std::process::Command, name: &str, v: Option<T>) {
+        if let Some(v) = v.as_ref().and_then(|v| v.to_possible_value()) {
+            c.args([name, v.get_name()]);
         }
     }
+    flag(&mut c, "--dtype", a.native.dtype);
+    flag(&mut c, "--quantize", a.native.quantize);
+    flag(&mut c, "--kv-cache-dtype", a.native.kv_cache_dtype);
     if let Some(n) = a.native.threads {
         c.args(["--threads", &n.to_string()]);
     }
@@ -213,6 +218,21 @@ fn run_reference(
         bail!("the {kind} reference failed on {}", path.display());
     }
     serde_json::from_slice(&out.stdout).context("reading the reference measurement")
+}
+
+/// `tok/s (sequences)` per batched measurement, or `-`.
+fn batched_cell(v: &Value) -> String {
+    let cells: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| Some(format!("{:.1} ({})", b["tok_s"].as_f64()?, b["sequences"])))
+        .collect();
+    if cells.is_empty() {
+        "-".into()
+    } else {
+        cells.join(" ")
+    }
 }
 
 pub fn engine(a: EngineBenchArgs) -> Result<i32> {
@@ -259,13 +279,13 @@ pub fn engine(a: EngineBenchArgs) -> Result<i32> {
         a.prompt_tokens, a.decode_tokens
     );
     println!(
-        "{:<44} {:>8} {:>9} {:>11} {:>10} {:>12} {:>10} {:>9}",
+        "{:<44} {:>8} {:>9} {:>11} {:>10} {:>24} {:>10} {:>9}",
         "engine / weights", "load s", "prefill", "decode", "bound", "batched", "peak MB", "model"
     );
     for r in &rows {
         let f = |k: &str| r[k].as_f64();
         println!(
-            "{:<44} {:>8.2} {:>9.1} {:>11.2} {:>10} {:>12} {:>10.0} {:>9}",
+            "{:<44} {:>8.2} {:>9.1} {:>11.2} {:>10} {:>24} {:>10.0} {:>9}",
             format!(
                 "{} / {}",
                 r["engine"].as_str().unwrap_or("?"),
@@ -275,12 +295,7 @@ pub fn engine(a: EngineBenchArgs) -> Result<i32> {
             f("prefill_tok_s").unwrap_or(f64::NAN),
             f("decode_tok_s").unwrap_or(f64::NAN),
             f("bandwidth_bound_tok_s").map_or("-".into(), |b| format!("{b:.2}")),
-            r["batched_decode"]["tok_s"]
-                .as_f64()
-                .map_or("-".into(), |b| format!(
-                    "{b:.2} ({})",
-                    r["batched_decode"]["sequences"]
-                )),
+            batched_cell(&r["batched_decode"]),
             f("peak_rss_mb").unwrap_or(f64::NAN),
             r["path"]
                 .as_str()

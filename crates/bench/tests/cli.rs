@@ -46,3 +46,37 @@ fn unknown_benchmark_is_a_usage_error() {
     let out = bench().arg("no-such-bench").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn engine_bench_measures_each_batch_size() {
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../engine/tests/fixtures/llama2-tiny"
+    );
+    let out = bench()
+        .args(["engine", "--model", model, "--threads", "1"])
+        .args(["--prompt-tokens", "8", "--decode-tokens", "3"])
+        .args(["--batch", "2", "3", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &v["rows"][0];
+    assert!(row["decode_tok_s"].as_f64().unwrap() > 0.0, "{row}");
+    let batched = row["batched_decode"].as_array().unwrap();
+    let seqs: Vec<u64> = batched
+        .iter()
+        .map(|b| b["sequences"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [2, 3]);
+    // Each sequence decodes at most its --decode-tokens after the first token (fewer if the
+    // random-weight model writes a stop token).
+    for (b, n) in batched.iter().zip([2, 3]) {
+        let tokens = b["tokens"].as_u64().unwrap();
+        assert!(tokens > 0 && tokens <= n * 3, "{b}");
+    }
+}

@@ -163,6 +163,10 @@ pub struct NativeArgs {
     /// CPU threads for matrix multiplies (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Dtype of the KV cache (default: the compute dtype): f16 or bf16 halve its memory, so
+    /// that --kv-cache-mb holds twice the positions.
+    #[arg(long, value_enum)]
+    pub kv_cache_dtype: Option<NativeDtype>,
 }
 
 impl NativeArgs {
@@ -171,6 +175,7 @@ impl NativeArgs {
             tokenizer: self.tokenizer.clone(),
             dtype: self.dtype,
             quantize: self.quantize,
+            kv_dtype: self.kv_cache_dtype,
             threads: self.threads,
             ..NativeSpec::default()
         }

@@ -34,12 +34,14 @@ pub fn load_native(spec: &BackendSpec) -> Result<(Engine, String), BuildError> {
         // candle's CPU kernels read this when they first run.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    let dtype = |d: NativeDtype| match d {
+        NativeDtype::F32 => DType::F32,
+        NativeDtype::Bf16 => DType::BF16,
+        NativeDtype::F16 => DType::F16,
+    };
     let opts = LoadOptions {
-        dtype: spec.native.dtype.map(|d| match d {
-            NativeDtype::F32 => DType::F32,
-            NativeDtype::Bf16 => DType::BF16,
-            NativeDtype::F16 => DType::F16,
-        }),
+        dtype: spec.native.dtype.map(dtype),
+        kv_dtype: spec.native.kv_dtype.map(dtype),
         quantize: spec.native.quantize.map(|q| match q {
             NativeQuant::Q8_0 => GgmlDType::Q8_0,
             NativeQuant::Q4_0 => GgmlDType::Q4_0,

@@ -24,6 +24,8 @@ pub struct LoadOptions {
     /// embedding, which is a lookup) to this type at load, so that they run on the quantized
     /// kernels. Ignored for GGUF files, whose matrices keep their own types.
     pub quantize: Option<GgmlDType>,
+    /// Dtype of the KV cache (default: `dtype`). Attention converts it to the compute dtype.
+    pub kv_dtype: Option<DType>,
     pub device: Device,
 }
 
@@ -32,8 +34,19 @@ impl Default for LoadOptions {
         LoadOptions {
             dtype: None,
             quantize: None,
+            kv_dtype: None,
             device: Device::Cpu,
         }
+    }
+}
+
+/// The KV cache dtype the options ask for: f32, f16 or bf16 (default: the compute dtype).
+fn kv_dtype(opts: &LoadOptions, dtype: DType) -> Result<DType, EngineError> {
+    match opts.kv_dtype.unwrap_or(dtype) {
+        d @ (DType::F32 | DType::F16 | DType::BF16) => Ok(d),
+        d => Err(EngineError::load(format!(
+            "unsupported KV cache dtype {d:?} (f32, f16 or bf16)"
+        ))),
     }
 }
 
@@ -138,6 +151,7 @@ fn load_hf(ckpt: HfCheckpoint, opts: &LoadOptions) -> Result<Model, EngineError>
         },
         RopeLayout::Halves,
         dtype,
+        kv_dtype(opts, dtype)?,
         dev.clone(),
         match opts.quantize {
             Some(q) => format!(
@@ -244,6 +258,7 @@ fn from_gguf(ckpt: GgufCheckpoint, opts: &LoadOptions) -> Result<(Model, GgufInf
             RopeLayout::Halves
         },
         dtype,
+        kv_dtype(opts, dtype)?,
         dev.clone(),
         format,
     )?;

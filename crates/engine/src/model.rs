@@ -286,8 +286,10 @@ pub struct Model {
     /// Rotary inverse frequencies `[head_dim/2]` (angles are computed per step for the
     /// positions in it, so that no table is sized by the declared context).
     inv_freq: Vec<f32>,
-    /// Activations and KV cache dtype.
+    /// Activations dtype.
     pub dtype: DType,
+    /// KV cache dtype (attention converts the cache to `dtype`).
+    pub kv_dtype: DType,
     pub device: Device,
     /// What the weights are stored as (`f32`, `bf16`, `q4_0`, ...).
     pub weight_format: String,
@@ -307,6 +309,7 @@ impl Model {
         w: Weights,
         rope: RopeLayout,
         dtype: DType,
+        kv_dtype: DType,
         device: Device,
         weight_format: String,
     ) -> Result<Model, EngineError> {
@@ -324,6 +327,7 @@ impl Model {
             rope,
             inv_freq,
             dtype,
+            kv_dtype,
             device,
             weight_format,
         })
@@ -335,7 +339,7 @@ impl Model {
             self.config.num_layers,
             self.config.num_kv_heads,
             self.config.head_dim,
-            self.dtype,
+            self.kv_dtype,
             self.device.clone(),
         )
     }
@@ -505,6 +509,8 @@ fn attend(
     let total = past + n;
     // [h, n, d] -> [kv, g*n, d]: heads j*g..j*g+g share kv head j.
     let q = q.contiguous()?.reshape((kv, g * n, d))?;
+    // A cache kept in another dtype (f16 to save memory) computes in the activations'.
+    let (k, v) = (&k.to_dtype(q.dtype())?, &v.to_dtype(q.dtype())?);
     let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
     let scores = if n > 1 {
         // Row r of the [g*n, total] block is query r % n at position past + r % n.

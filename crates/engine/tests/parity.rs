@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use mathcoder_engine::engine::{Engine, GenParams, Job};
+use mathcoder_engine::model::Step;
 use mathcoder_engine::{load, LoadOptions, Session};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -283,6 +284,44 @@ fn half_precision_compute_is_close() {
         eprintln!("{name} computed in {dt:?}: rel {r:.2e} vs f32");
         assert!(r < 5e-2, "{name}: {r}");
     }
+}
+
+#[test]
+fn a_half_precision_kv_cache_is_close_and_half_the_size() {
+    let name = "llama2-tiny";
+    let e32 = engine(name, None);
+    let opts = LoadOptions {
+        kv_dtype: Some(DType::F16),
+        ..LoadOptions::default()
+    };
+    let e16 = load(&fixture(name), None, &opts).unwrap();
+    let x = expected(name);
+    let seq = ids(&x.json["sequences"][0]["ids"]);
+    // Logits of every position, with the cache filled one token at a time.
+    let stepwise = |e: &Engine| -> (Tensor, usize) {
+        let mut cache = e.model.new_cache();
+        let rows: Vec<Tensor> = seq
+            .iter()
+            .map(|t| {
+                let mut steps = [Step {
+                    cache: &mut cache,
+                    tokens: std::slice::from_ref(t),
+                    all_logits: false,
+                }];
+                e.model.forward(&mut steps).unwrap().remove(0)
+            })
+            .collect();
+        (Tensor::stack(&rows, 0).unwrap(), cache.bytes())
+    };
+    let (a, bytes32) = stepwise(&e32);
+    let (b, bytes16) = stepwise(&e16);
+    let r = rel(&b, &a);
+    eprintln!("f16 KV cache: rel {r:.2e} vs f32");
+    assert!(r < 1e-2, "{r}");
+    assert!(r > 0.0, "the cache was not stored in f16");
+    assert_eq!(bytes16 * 2, bytes32);
+    // And the reference logits, as with an f32 cache.
+    assert!(rel(&a, &all_logits(&e32, &seq)) < 1e-4);
 }
 
 #[test]

@@ -75,6 +75,8 @@ pub struct NativeSpec {
     pub dtype: Option<NativeDtype>,
     /// Quantize a dense checkpoint's matrices at load (none: keep them dense).
     pub quantize: Option<NativeQuant>,
+    /// Dtype of the KV cache (default: the compute dtype); f16 halves its memory.
+    pub kv_dtype: Option<NativeDtype>,
     /// CPU threads for matrix multiplies (default: all cores).
     pub threads: Option<usize>,
     /// Most sequences decoded together.
@@ -89,6 +91,7 @@ impl Default for NativeSpec {
             tokenizer: None,
             dtype: None,
             quantize: None,
+            kv_dtype: None,
             threads: None,
             max_batch: 32,
             kv_cache_mb: 4096,
