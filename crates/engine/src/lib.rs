@@ -16,6 +16,7 @@
 //!
 //! CPU by default; the `cuda` feature builds candle's CUDA backend (never in CI).
 
+mod attention;
 pub mod cache;
 pub mod chat;
 pub mod engine;

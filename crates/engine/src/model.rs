@@ -9,6 +9,7 @@
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
+use crate::attention;
 use crate::cache::KvCache;
 use crate::config::ModelConfig;
 use crate::gemv;
@@ -445,7 +446,18 @@ impl Model {
                 let vs = v.narrow(1, start, n)?.contiguous()?;
                 let past = s.cache.len();
                 let (kc, vc) = s.cache.append(li, &ks, &vs)?;
-                outs.push(attend(&qs, &kc, &vc, past, h, kv, d, scale)?);
+                outs.push(
+                    if n <= attention::MAX_ROWS && qs.dtype() == DType::F32 && qs.device().is_cpu()
+                    {
+                        let op = attention::Attend {
+                            past,
+                            scale: scale as f32,
+                        };
+                        qs.apply_op3_no_bwd(&kc, &vc, &op)?
+                    } else {
+                        attend(&qs, &kc, &vc, past, h, kv, d, scale)?
+                    },
+                );
                 start += n;
             }
             let attn = Tensor::cat(&outs, 0)?;
@@ -494,7 +506,7 @@ impl Model {
 /// cache (`[kv, past+n, d]`). Query heads are grouped onto their key/value head without copying
 /// the cache (grouped-query attention).
 #[allow(clippy::too_many_arguments)]
-fn attend(
+pub(crate) fn attend(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,

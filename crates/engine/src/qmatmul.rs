@@ -738,8 +738,7 @@ mod x86 {
                 for c in 0..8 {
                     let v = _mm256_loadu_si256(qs.add(b * 8 + c));
                     let ax = _mm256_sign_epi8(v, v);
-                    for s in isum.iter_mut().enumerate() {
-                        let (r, s) = s;
+                    for (r, s) in isum.iter_mut().enumerate() {
                         let sy = _mm256_sign_epi8(bcast(act, r0 + r, b, 4 * c), v);
                         // Two products of at most 128·127 per i16 lane: no overflow.
                         let h = if VNNI { c % 2 } else { 0 };
