@@ -433,6 +433,7 @@ impl LoopRunArgs {
             max_tokens: looping.max_new_tokens,
             temperature: looping.temperature,
             top_p: looping.top_p,
+            stop_on_repetition: looping.stop_on_repetition,
         };
         if self.chat_template.is_some() && spec.kind != BackendKind::Native {
             bail!("--chat-template is for the native backend (a chat server applies its own)");

@@ -38,6 +38,10 @@ pub struct ChatConfig {
     pub max_tokens: u32,
     pub temperature: f32,
     pub top_p: Option<f32>,
+    /// Stop when the model writes the same 1-3 blocks (numbers aside) a third time in a row, as
+    /// the LCE loop does ([`crate::repeats_blocks`]): a small model rewriting the same failing
+    /// cell would otherwise go on to `max_rounds`, its context growing with every traceback.
+    pub stop_on_repetition: bool,
 }
 
 impl Default for ChatConfig {
@@ -48,6 +52,7 @@ impl Default for ChatConfig {
             max_tokens: 2048,
             temperature: 0.0,
             top_p: None,
+            stop_on_repetition: true,
         }
     }
 }
@@ -68,6 +73,8 @@ pub enum ChatError {
     NoAnswer,
     #[error("no final message after {0} rounds")]
     RoundLimit(usize),
+    #[error("the same blocks a third time in a row")]
+    Repetition,
     #[error("{0}")]
     Transcript(#[from] TranscriptError),
 }
@@ -82,6 +89,7 @@ impl ChatError {
             ChatError::Truncated => "truncated",
             ChatError::NoAnswer => "no_answer",
             ChatError::RoundLimit(_) => "round_limit",
+            ChatError::Repetition => "repetition",
             ChatError::Transcript(_) => "transcript",
         }
     }
@@ -97,6 +105,7 @@ impl ChatError {
             ChatError::Backend(e) => StopReason::BackendError(e.to_string()),
             ChatError::Sandbox(e) => StopReason::ExecutionFault(e.clone()),
             ChatError::RoundLimit(_) => StopReason::BlockLimit,
+            ChatError::Repetition => StopReason::Repetition,
             // The model ended its message, without an answer in it.
             ChatError::NoAnswer => StopReason::EndOfMessage,
             ChatError::Truncated | ChatError::BadToolCall(_) | ChatError::Transcript(_) => {
@@ -287,6 +296,9 @@ pub async fn converse(
                 });
             }
             c.rounds.push(round);
+            if config.stop_on_repetition && crate::repeats_blocks(&c.partial) {
+                break 'rounds Err(ChatError::Repetition);
+            }
         }
         Err(ChatError::RoundLimit(config.max_rounds))
     };

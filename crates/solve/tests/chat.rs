@@ -181,9 +181,13 @@ async fn failures_keep_what_was_written() {
     let o = c.outcome();
     assert_eq!(o.stop, StopReason::EndOfMessage);
     assert_eq!(o.completion(), "I do not know.");
-    // Code in every reply: the round limit, with every cell run.
-    let code = ("```python\nprint(1)\n```\n", FinishReason::Stop);
-    let script = Script::new(&[code, code, code, code]);
+    // Code in every reply (different cells): the round limit, with every cell run.
+    let cells = ["a", "b", "c", "d"].map(|v| format!("```python\n{v} = 1\nprint({v})\n```\n"));
+    let replies: Vec<(&str, FinishReason)> = cells
+        .iter()
+        .map(|c| (c.as_str(), FinishReason::Stop))
+        .collect();
+    let script = Script::new(&replies);
     let chat = TemplateChat::new(script, chatml(), None);
     let c = converse(&chat, &sandbox(), &config(), Q, None, &boxed, &mut ()).await;
     assert_eq!(c.result, Err(ChatError::RoundLimit(4)));
@@ -207,4 +211,41 @@ async fn failures_keep_what_was_written() {
         c.result,
         Err(ChatError::Backend(BackendError::Config(_)))
     ));
+}
+
+/// A model that rewrites the same failing cell (as Qwen2.5-Coder-0.5B did on GSM8K, fixing a
+/// "typo" it never fixed) stops at the third identical round, not at `max_rounds`.
+#[tokio::test]
+async fn a_model_repeating_a_failing_cell_is_stopped() {
+    let cell = "There was a typo; let's run it again.\n```python\nprint(Seattle_sheep * 4)\n```\n";
+    let script = Script::new(&[(cell, FinishReason::Stop); 10]);
+    let chat = TemplateChat::new(script.clone(), chatml(), None);
+    let cfg = ChatConfig {
+        max_rounds: 10,
+        ..config()
+    };
+    let c = converse(&chat, &sandbox(), &cfg, Q, None, &boxed, &mut ()).await;
+    assert!(
+        matches!(c.result, Err(ChatError::Repetition)),
+        "{:?}",
+        c.result
+    );
+    assert_eq!(c.rounds.len(), 3);
+    assert_eq!(c.outcome().stop, StopReason::Repetition);
+    assert!(c.partial.iter().any(|b| b.content.contains("NameError")));
+    // Switched off, the same script runs to the round limit.
+    let script = Script::new(&[(cell, FinishReason::Stop); 10]);
+    let chat = TemplateChat::new(script, chatml(), None);
+    let cfg = ChatConfig {
+        max_rounds: 5,
+        stop_on_repetition: false,
+        ..config()
+    };
+    let c = converse(&chat, &sandbox(), &cfg, Q, None, &boxed, &mut ()).await;
+    assert!(
+        matches!(c.result, Err(ChatError::RoundLimit(5))),
+        "{:?}",
+        c.result
+    );
+    assert_eq!(c.rounds.len(), 5);
 }

@@ -65,6 +65,7 @@ impl ChatArgs {
                 max_tokens: self.chat_max_tokens,
                 temperature: looping.temperature,
                 top_p: looping.top_p,
+                ..ChatConfig::default()
             },
         ))
     }

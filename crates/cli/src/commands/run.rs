@@ -146,19 +146,23 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         retry_failed: a.retry_failed,
     };
     let pb = mathcoder_cli::progress::bar(0, "solving");
+    let started = std::time::Instant::now();
+    let resumed = Arc::new(AtomicUsize::new(0));
     let (correct, finished, failed) = (
         Arc::new(AtomicUsize::new(0)),
         Arc::new(AtomicUsize::new(0)),
         Arc::new(AtomicUsize::new(0)),
     );
-    let (pbc, c2, f2, x2) = (
+    let (pbc, c2, f2, x2, r2) = (
         pb.clone(),
         correct.clone(),
         finished.clone(),
         failed.clone(),
+        resumed.clone(),
     );
     let progress: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(move |e| match e {
         Event::Start { done, todo } => {
+            r2.store(done, Ordering::SeqCst);
             pbc.set_length(todo as u64);
             if done > 0 {
                 pbc.println(format!(
@@ -241,6 +245,24 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         )?;
     }
     writeln!(out, "  stop reasons: {:?}", summary.stop_reasons)?;
+    // Throughput of this invocation: the records it appended (after those it resumed from). On
+    // stderr: stdout is the report of the results, the same however many runs made them.
+    let new: Vec<&mathcoder_lce::run::RunInfo> = plain
+        .iter()
+        .skip(resumed.load(Ordering::SeqCst))
+        .filter_map(|r| r.run.as_ref())
+        .collect();
+    if !new.is_empty() {
+        let wall = started.elapsed().as_secs_f64();
+        let tokens: u64 = new.iter().map(|r| r.generated_tokens).sum();
+        let exec_s: f64 = new.iter().map(|r| r.execute_ms).sum::<f64>() / 1e3;
+        eprintln!(
+            "this run: {} solutions in {wall:.0} s, {tokens} tokens generated ({:.1} tok/s of \
+             wall time), code execution {exec_s:.1} s in all",
+            new.len(),
+            tokens as f64 / wall.max(1e-9)
+        );
+    }
     if let Some(c) = &summary.reference {
         writeln!(
             out,
