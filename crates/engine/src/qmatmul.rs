@@ -439,8 +439,6 @@ struct Act {
     d: Vec<f32>,
     /// `[m][k/16]` sums of each half block's quantized values.
     half_sums: Vec<i32>,
-    /// `[m][k/32]` sums of each block's quantized values.
-    sums: Vec<i32>,
     /// `[m][k/32]` each block's sum times its scale (what a block offset multiplies).
     dsums: Vec<f32>,
     /// `[m][k]` quantized values.
@@ -455,7 +453,6 @@ impl Act {
         let mut a = Act {
             d: vec![0.0; blocks],
             half_sums: vec![0; 2 * blocks],
-            sums: vec![0; blocks],
             dsums: vec![0.0; blocks],
             qs: vec![0; x.len()],
             kb,
@@ -469,6 +466,11 @@ impl Act {
         }
         quantize_into(x, &mut a);
         a
+    }
+
+    /// The sum of block `b`'s quantized values.
+    fn sum(&self, b: usize) -> i32 {
+        self.half_sums[2 * b] + self.half_sums[2 * b + 1]
     }
 }
 
@@ -497,8 +499,7 @@ fn quantize_into(x: &[f32], a: &mut Act) {
         }
         a.half_sums[2 * i] = sums[0];
         a.half_sums[2 * i + 1] = sums[1];
-        a.sums[i] = sums[0] + sums[1];
-        a.dsums[i] = a.d[i] * a.sums[i] as f32;
+        a.dsums[i] = a.d[i] * (sums[0] + sums[1]) as f32;
     }
 }
 
@@ -700,7 +701,7 @@ mod x86 {
                     } else {
                         let dot = _mm256_add_epi32(dots[r][0], dots[r][1]);
                         let x = if zero != 0 {
-                            _mm256_sub_epi32(dot, _mm256_set1_epi32(zero * act.sums[ab]))
+                            _mm256_sub_epi32(dot, _mm256_set1_epi32(zero * act.sum(ab)))
                         } else {
                             dot
                         };
