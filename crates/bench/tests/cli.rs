@@ -56,7 +56,7 @@ fn engine_bench_measures_each_batch_size() {
     let out = bench()
         .args(["engine", "--model", model, "--threads", "1"])
         .args(["--prompt-tokens", "8", "--decode-tokens", "3"])
-        .args(["--batch", "2", "3", "--json"])
+        .args(["--batch", "2", "3", "--repeats", "2", "--json"])
         .output()
         .unwrap();
     assert!(
@@ -65,8 +65,12 @@ fn engine_bench_measures_each_batch_size() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["repeats"], 2);
     let row = &v["rows"][0];
     assert!(row["decode_tok_s"].as_f64().unwrap() > 0.0, "{row}");
+    // The bound comes from a bandwidth measured in the row's own process.
+    assert!(row["read_bandwidth_gb_s"].as_f64().unwrap() > 0.0, "{row}");
+    assert!(row["bandwidth_bound_tok_s"].as_f64().unwrap() > 0.0, "{row}");
     let batched = row["batched_decode"].as_array().unwrap();
     let seqs: Vec<u64> = batched
         .iter()

@@ -20,10 +20,11 @@ fn bench_binary() -> Result<PathBuf> {
     let beside = me.with_file_name(&name);
     if beside.is_file() {
         // `cargo build --bin mathcoder` leaves the other binary as it was: figures from a stale
-        // one would silently measure old code.
+        // one would silently measure old code. One build links the two a moment apart, in
+        // either order, hence the minute of slack.
         let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         if let (Some(bench), Some(this)) = (modified(&beside), modified(&me)) {
-            if bench < this {
+            if bench + std::time::Duration::from_secs(60) < this {
                 eprintln!(
                     "warning: {} is older than {}: it may not contain the latest changes \
                      (`cargo build --bins` builds both)",
