@@ -22,8 +22,9 @@
 //!
 //! Work is split over candle's own thread pool (the one its other CPU kernels use), by groups
 //! of 8 rows; with several activation rows (prefill, batched decode) each group is applied to
-//! up to 4 activation rows per pass and a worker walks all activation rows of one weight group
-//! before the next, so that weights are read from memory once per matrix multiply.
+//! up to 4 activation rows per pass (8 with AVX-512 VNNI's 32 registers) and a worker walks
+//! all activation rows of one weight group before the next, so that weights are read from
+//! memory once per matrix multiply.
 
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -34,8 +35,11 @@ use crate::quants::{self, Spec, QK};
 
 /// Output rows interleaved in one group.
 const GROUP: usize = 8;
-/// Activation rows applied to one weight group per pass.
+/// Activation rows applied to one weight group per pass (AVX2: 16 vector registers).
 const ROW_TILE: usize = 4;
+/// The same with AVX-512 VNNI's 32 registers (unsigned formats; `Q8_0`'s sign trick needs
+/// more registers per row and runs two passes of 4).
+const WIDE_TILE: usize = 8;
 /// Multiply-adds below which a product runs on the calling thread only. Waking the pool's
 /// workers costs a few microseconds; at 2^21 every projection of a SmolLM2-135M decode step ran
 /// on one thread, with one core's share of the memory bandwidth (60 tok/s; 82-92 at 2^18,
@@ -176,14 +180,32 @@ impl Packed {
         if t == GgmlDType::Q8_0 {
             return Packed::from_q8_0(n, k, data);
         }
+        Packed::from_unsigned(t, n, k, data, true)
+            .or_else(|| Packed::from_unsigned(t, n, k, data, false))
+    }
+
+    /// [`Packed::from_blocks`] for the formats decoded to unsigned values; `fold`: turn a zero
+    /// point into block offsets (`None` if one does not fit an f16 scale).
+    fn from_unsigned(t: GgmlDType, n: usize, k: usize, data: &[u8], fold: bool) -> Option<Packed> {
         let (spec, bw, bb) = quants::spec(t)?;
         if !n.is_multiple_of(GROUP) || !k.is_multiple_of(bw) || data.len() != n * (k / bw) * bb {
             return None;
+        }
+        // A zero point becomes a block offset: `d·(q − z) = d·q + (−z·d)`, which the kernels
+        // apply with one multiply-add by the activations' `d·Σy` per block and row instead of
+        // integer work on `z·Σy` (not for `HALVES`, whose offset would differ by half block).
+        let fold = fold && spec.zero != 0 && !spec.halves && !spec.offset;
+        let mut spec = spec;
+        if fold {
+            spec.zero = 0;
+            spec.offset = true;
         }
         let format = Format::Unsigned(spec);
         let (kb, qb, ns) = (k / QK, format.qbytes(), format.scales());
         let mut scales = Scales::new(spec.f32_scales, n * kb * ns);
         let mut offsets = spec.offset.then(|| Scales::new(spec.f32_scales, n * kb));
+        let zero = quants::spec(t)?.0.zero as f32;
+        // (`spec.zero` is 0 once folded.)
         let mut quants = vec![0u8; n * kb * qb];
         let mut high = vec![0u32; if spec.bits == 5 { n * kb } else { 0 }];
         let mut blocks = Vec::with_capacity(kb);
@@ -199,7 +221,11 @@ impl Packed {
                     scales.set((gb * ns + s) * GROUP + r, blk.d[s]);
                 }
                 if let Some(o) = offsets.as_mut() {
-                    o.set(gb * GROUP + r, blk.m);
+                    let m = if fold { -zero * blk.d[0] } else { blk.m };
+                    if !spec.f32_scales && !f16::from_f32(m).is_finite() {
+                        return None;
+                    }
+                    o.set(gb * GROUP + r, m);
                 }
                 let mut bytes = [0u8; QK];
                 if spec.bits <= 5 {
@@ -344,14 +370,15 @@ impl Packed {
         debug_assert_eq!(out.len(), m * n);
         let act = Act::quantize(x, k);
         let groups = n / GROUP;
-        let tiles = m.div_ceil(ROW_TILE);
+        let tile = if vnni { WIDE_TILE } else { ROW_TILE };
+        let tiles = m.div_ceil(tile);
         let out_ptr = SendPtr(out.as_mut_ptr());
         let work = |items: std::ops::Range<usize>| {
             let out_ptr = &out_ptr;
             for item in items {
                 let (g, t) = (item / tiles, item % tiles);
-                let r0 = t * ROW_TILE;
-                let rows = ROW_TILE.min(m - r0);
+                let r0 = t * tile;
+                let rows = tile.min(m - r0);
                 // SAFETY: the CPU features were checked when the matrix was packed; every
                 // (row, group) of `out` is written by exactly one work item, within bounds
                 // (r0 + rows <= m, g < n/8).
@@ -373,6 +400,16 @@ impl Packed {
     /// `m·n` floats and no other thread writes this (rows, group) tile.
     #[cfg(target_arch = "x86_64")]
     unsafe fn group(&self, g: usize, r0: usize, rows: usize, act: &Act, out: *mut f32, vnni: bool) {
+        // Tiles of 8 rows (VNNI, unsigned formats) run as one pass, anything else between 4
+        // and 8 as two.
+        let wide = vnni && self.format != Format::Q8_0;
+        if rows > ROW_TILE && !(wide && rows == WIDE_TILE) {
+            unsafe {
+                self.group(g, r0, ROW_TILE, act, out, vnni);
+                self.group(g, r0 + ROW_TILE, rows - ROW_TILE, act, out, vnni);
+            }
+            return;
+        }
         macro_rules! rows {
             ($f:ident $(, $c:literal)*) => {
                 match rows {
@@ -385,16 +422,27 @@ impl Packed {
         }
         macro_rules! kernel {
             ($f:ident, $v:ident $(, $c:literal)*) => {
-                if vnni {
-                    rows!($v $(, $c)*)
-                } else {
+                if !vnni {
                     rows!($f $(, $c)*)
+                } else if rows == WIDE_TILE {
+                    x86::$v::<WIDE_TILE $(, $c)*>(self, g, r0, act, out)
+                } else {
+                    rows!($v $(, $c)*)
+                }
+            };
+        }
+        macro_rules! kernel4 {
+            ($f:ident, $v:ident) => {
+                if vnni {
+                    rows!($v)
+                } else {
+                    rows!($f)
                 }
             };
         }
         unsafe {
             match self.format {
-                Format::Q8_0 => kernel!(q8_0, q8_0_vnni),
+                Format::Q8_0 => kernel4!(q8_0, q8_0_vnni),
                 Format::Unsigned(s) => match (s.bits, s.halves, s.offset, s.f32_scales) {
                     (4, false, false, false) => {
                         kernel!(unsigned, unsigned_vnni, 4, false, false, false)
@@ -467,11 +515,6 @@ impl Act {
         quantize_into(x, &mut a);
         a
     }
-
-    /// The sum of block `b`'s quantized values.
-    fn sum(&self, b: usize) -> i32 {
-        self.half_sums[2 * b] + self.half_sums[2 * b + 1]
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -508,12 +551,55 @@ mod x86 {
     use super::{Act, Packed, GROUP, QK};
     use std::arch::x86_64::*;
 
-    /// The 4 bytes of activation row `r`, block `b`, at byte offset `o`, in every lane.
-    #[inline(always)]
-    unsafe fn bcast(act: &Act, r: usize, b: usize, o: usize) -> __m256i {
-        unsafe {
-            let p = act.qs.as_ptr().add((r * act.kb + b) * QK + o) as *const i32;
-            _mm256_set1_epi32(p.read_unaligned())
+    /// Block `b` of activation rows `r0..r0 + R` as raw pointers, so that the inner loops
+    /// address rows by base plus stride with no bounds checks and no index arithmetic (with
+    /// checked indexing, scalar address and bounds work outnumbered the vector instructions).
+    #[derive(Clone, Copy)]
+    struct ActBlock {
+        qs: *const u8,
+        d: *const f32,
+        half_sums: *const i32,
+        dsums: *const f32,
+        kb: usize,
+    }
+
+    impl ActBlock {
+        /// # Safety
+        /// `b < act.kb` and rows `r0..r0 + R` exist for every `r < R` the caller reads.
+        #[inline(always)]
+        unsafe fn new(act: &Act, r0: usize, b: usize) -> ActBlock {
+            let at = r0 * act.kb + b;
+            unsafe {
+                ActBlock {
+                    qs: (act.qs.as_ptr() as *const u8).add(at * QK),
+                    d: act.d.as_ptr().add(at),
+                    half_sums: act.half_sums.as_ptr().add(2 * at),
+                    dsums: act.dsums.as_ptr().add(at),
+                    kb: act.kb,
+                }
+            }
+        }
+
+        /// The 4 bytes of row `r` at byte offset `o` of the block, in every lane (one
+        /// broadcast load).
+        #[inline(always)]
+        unsafe fn y(self, r: usize, o: usize) -> __m256i {
+            unsafe { _mm256_broadcastd_epi32(_mm_loadu_si32(self.qs.add(r * self.kb * QK + o))) }
+        }
+
+        #[inline(always)]
+        unsafe fn d(self, r: usize) -> f32 {
+            unsafe { *self.d.add(r * self.kb) }
+        }
+
+        #[inline(always)]
+        unsafe fn half_sum(self, r: usize, h: usize) -> i32 {
+            unsafe { *self.half_sums.add(2 * r * self.kb + h) }
+        }
+
+        #[inline(always)]
+        unsafe fn dsum(self, r: usize) -> f32 {
+            unsafe { *self.dsums.add(r * self.kb) }
         }
     }
 
@@ -597,6 +683,7 @@ mod x86 {
             let qs = p.quants.as_ptr().add(g * kb * GROUP * qb) as *const __m256i;
             for b in 0..kb {
                 let gb = g * kb + b;
+                let y = ActBlock::new(act, r0, b);
                 // Integer dot products per row lane: [R][2].
                 let mut dots = [[_mm256_setzero_si256(); 2]; R];
                 if BITS == 5 {
@@ -624,8 +711,7 @@ mod x86 {
                         let hi =
                             _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), bit_hi);
                         for (r, d) in dots.iter_mut().enumerate() {
-                            let ylo = bcast(act, r0 + r, b, 4 * c);
-                            let yhi = bcast(act, r0 + r, b, 16 + 4 * c);
+                            let (ylo, yhi) = (y.y(r, 4 * c), y.y(r, 16 + 4 * c));
                             if VNNI {
                                 d[0] = dot4::<true>(d[0], lo, ylo);
                                 d[1] = dot4::<true>(d[1], hi, yhi);
@@ -645,8 +731,8 @@ mod x86 {
                         let lo = _mm256_and_si256(v, low);
                         let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
                         for (r, d) in dots.iter_mut().enumerate() {
-                            d[0] = dot4::<true>(d[0], lo, bcast(act, r0 + r, b, 4 * c));
-                            d[1] = dot4::<true>(d[1], hi, bcast(act, r0 + r, b, 16 + 4 * c));
+                            d[0] = dot4::<true>(d[0], lo, y.y(r, 4 * c));
+                            d[1] = dot4::<true>(d[1], hi, y.y(r, 16 + 4 * c));
                         }
                     }
                 } else if BITS == 4 {
@@ -656,8 +742,7 @@ mod x86 {
                         let lo = _mm256_and_si256(v, low);
                         let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
                         for (r, s) in isum.iter_mut().enumerate() {
-                            let ylo = bcast(act, r0 + r, b, 4 * c);
-                            let yhi = bcast(act, r0 + r, b, 16 + 4 * c);
+                            let (ylo, yhi) = (y.y(r, 4 * c), y.y(r, 16 + 4 * c));
                             // 8 products of at most 15·127 per i16 lane: no overflow.
                             *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(lo, ylo));
                             *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(hi, yhi));
@@ -672,7 +757,7 @@ mod x86 {
                         let h = if HALVES { c / 4 } else { c % 2 };
                         for (r, d) in dots.iter_mut().enumerate() {
                             // Two products of at most 63·127 per i16 lane: no overflow.
-                            d[h] = dot4::<VNNI>(d[h], v, bcast(act, r0 + r, b, 4 * c));
+                            d[h] = dot4::<VNNI>(d[h], v, y.y(r, 4 * c));
                         }
                     }
                 }
@@ -688,10 +773,9 @@ mod x86 {
                     _mm256_setzero_ps()
                 };
                 for r in 0..R {
-                    let ab = (r0 + r) * kb + b;
-                    let ad = _mm256_set1_ps(act.d[ab]);
+                    let ad = _mm256_set1_ps(y.d(r));
                     if HALVES {
-                        let (s0, s1) = (act.half_sums[2 * ab], act.half_sums[2 * ab + 1]);
+                        let (s0, s1) = (y.half_sum(r, 0), y.half_sum(r, 1));
                         let x0 = _mm256_sub_epi32(dots[r][0], _mm256_set1_epi32(zero * s0));
                         let x1 = _mm256_sub_epi32(dots[r][1], _mm256_set1_epi32(zero * s1));
                         acc[r] =
@@ -701,14 +785,15 @@ mod x86 {
                     } else {
                         let dot = _mm256_add_epi32(dots[r][0], dots[r][1]);
                         let x = if zero != 0 {
-                            _mm256_sub_epi32(dot, _mm256_set1_epi32(zero * act.sum(ab)))
+                            let sum = y.half_sum(r, 0) + y.half_sum(r, 1);
+                            _mm256_sub_epi32(dot, _mm256_set1_epi32(zero * sum))
                         } else {
                             dot
                         };
                         acc[r] =
                             _mm256_fmadd_ps(_mm256_cvtepi32_ps(x), _mm256_mul_ps(d0, ad), acc[r]);
                         if OFF {
-                            acc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(act.dsums[ab]), acc[r]);
+                            acc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(y.dsum(r)), acc[r]);
                         }
                     }
                 }
@@ -734,21 +819,21 @@ mod x86 {
             let sc = p.scales.ptr();
             let qs = p.quants.as_ptr().add(g * kb * GROUP * 32) as *const __m256i;
             for b in 0..kb {
+                let y = ActBlock::new(act, r0, b);
                 let d = scales8::<false>(sc, g * kb + b);
                 let mut isum = [[_mm256_setzero_si256(); 2]; R];
                 for c in 0..8 {
                     let v = _mm256_loadu_si256(qs.add(b * 8 + c));
                     let ax = _mm256_sign_epi8(v, v);
                     for (r, s) in isum.iter_mut().enumerate() {
-                        let sy = _mm256_sign_epi8(bcast(act, r0 + r, b, 4 * c), v);
+                        let sy = _mm256_sign_epi8(y.y(r, 4 * c), v);
                         // Two products of at most 128·127 per i16 lane: no overflow.
                         let h = if VNNI { c % 2 } else { 0 };
                         s[h] = dot4::<VNNI>(s[h], ax, sy);
                     }
                 }
                 for r in 0..R {
-                    let i = r0 + r;
-                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(act.d[i * kb + b]));
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(y.d(r)));
                     let dot = _mm256_add_epi32(isum[r][0], isum[r][1]);
                     acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
                 }
@@ -975,7 +1060,7 @@ mod tests {
     #[test]
     fn every_format_matches_the_scalar_reference_and_candle() {
         for t in FORMATS {
-            for m in [1, 2, 3, 4, 5, 9] {
+            for m in [1, 2, 3, 4, 5, 9, 13] {
                 check(t, 40, 512, m);
             }
             check(t, 64, 2048, 1);
