@@ -148,6 +148,7 @@ fn measure(engine: &Engine, load_s: f64, a: &EngineBenchArgs) -> Result<Value> {
         "kv_cache_dtype": format!("{:?}", engine.model.kv_dtype).to_lowercase(),
         "parameters": engine.model.config.parameters(),
         "weight_bytes_per_token": bytes,
+        "resident_weight_bytes_per_token": engine.model.resident_weight_bytes(),
         "load_s": load_s,
         "prefill_tok_s": prompt.len() as f64 / prefill_s,
         "decode_tok_s": decoded as f64 / decode_s,
@@ -321,7 +322,7 @@ pub fn engine(a: EngineBenchArgs) -> Result<i32> {
     }
     println!(
         "prefill and decode in tokens/s; bound = read bandwidth (measured before each of our rows) \
-         / weight bytes per token"
+         / weight bytes per token as the checkpoint stores them"
     );
     Ok(0)
 }

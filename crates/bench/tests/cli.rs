@@ -70,7 +70,15 @@ fn engine_bench_measures_each_batch_size() {
     assert!(row["decode_tok_s"].as_f64().unwrap() > 0.0, "{row}");
     // The bound comes from a bandwidth measured in the row's own process.
     assert!(row["read_bandwidth_gb_s"].as_f64().unwrap() > 0.0, "{row}");
-    assert!(row["bandwidth_bound_tok_s"].as_f64().unwrap() > 0.0, "{row}");
+    assert!(
+        row["bandwidth_bound_tok_s"].as_f64().unwrap() > 0.0,
+        "{row}"
+    );
+    assert!(
+        row["resident_weight_bytes_per_token"].as_f64().unwrap()
+            >= row["weight_bytes_per_token"].as_f64().unwrap(),
+        "{row}"
+    );
     let batched = row["batched_decode"].as_array().unwrap();
     let seqs: Vec<u64> = batched
         .iter()

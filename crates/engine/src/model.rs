@@ -61,15 +61,17 @@ impl Linear {
         }
     }
 
-    /// Bytes of weight data (for bandwidth figures).
-    pub(crate) fn bytes(&self) -> usize {
+    /// Bytes of weight data (for bandwidth figures): as the checkpoint stores them, or
+    /// (`resident`) as held in memory for the products.
+    pub(crate) fn bytes(&self, resident: bool) -> usize {
         match self {
             Linear::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
             Linear::Quant(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
             Linear::Quant(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => {
                 w.elem_count() * w.dtype().size_in_bytes()
             }
-            Linear::Packed(p) => p.bytes(),
+            Linear::Packed(p) if resident => p.bytes(),
+            Linear::Packed(p) => p.source_bytes(),
         }
     }
 }
@@ -153,10 +155,10 @@ impl<const N: usize> Stack<N> {
             .map_err(|_| candle_core::Error::Msg("stack: part count".into()))
     }
 
-    fn bytes(&self) -> usize {
+    fn bytes(&self, resident: bool) -> usize {
         match self {
-            Stack::One { w, .. } => w.bytes(),
-            Stack::Apart(parts) => parts.iter().map(Linear::bytes).sum(),
+            Stack::One { w, .. } => w.bytes(resident),
+            Stack::Apart(parts) => parts.iter().map(|p| p.bytes(resident)).sum(),
         }
     }
 }
@@ -234,8 +236,9 @@ impl Block {
         })
     }
 
-    fn bytes(&self) -> usize {
-        self.qkv.bytes() + self.o.bytes() + self.gate_up.bytes() + self.down.bytes()
+    fn bytes(&self, resident: bool) -> usize {
+        let r = resident;
+        self.qkv.bytes(r) + self.o.bytes(r) + self.gate_up.bytes(r) + self.down.bytes(r)
     }
 }
 
@@ -345,10 +348,17 @@ impl Model {
         )
     }
 
-    /// Bytes of weights read per decoded token (every matrix once).
+    /// Bytes of weights a decoded token needs (every matrix once), as the checkpoint stores
+    /// them: the least any engine reads, so the bandwidth bound's denominator.
     pub fn weight_bytes(&self) -> usize {
-        let layers: usize = self.layers.iter().map(Block::bytes).sum();
-        layers + self.lm_head.bytes()
+        let layers: usize = self.layers.iter().map(|l| l.bytes(false)).sum();
+        layers + self.lm_head.bytes(false)
+    }
+
+    /// The same as our kernels hold and read them (the K formats' repacked scales are larger).
+    pub fn resident_weight_bytes(&self) -> usize {
+        let layers: usize = self.layers.iter().map(|l| l.bytes(true)).sum();
+        layers + self.lm_head.bytes(true)
     }
 
     /// Runs one step over several sequences and returns, per sequence, its logits (`[vocab]` for

@@ -121,6 +121,8 @@ pub(crate) struct Packed {
     /// `[n/8][k/32][qbytes/4][8][4]` quantized values (nibbles: byte `j` holds weights `j`
     /// and `j + 16`).
     quants: Vec<u8>,
+    /// Bytes of the ggml blocks the matrix was repacked from.
+    source_bytes: usize,
     /// 5-bit formats: `[n/8][k/32][8]` fifth bits; byte `c` of a row's word holds those of
     /// quant bytes `4c..4c+4` (bits 0-3: their low nibbles' weights, bits 4-7: their high).
     high: Vec<u32>,
@@ -256,6 +258,7 @@ impl Packed {
             scales,
             offsets,
             quants,
+            source_bytes: data.len(),
             high,
         })
     }
@@ -288,6 +291,7 @@ impl Packed {
             scales: Scales::F16(scales),
             offsets: None,
             quants,
+            source_bytes: data.len(),
             high: Vec::new(),
         })
     }
@@ -309,11 +313,12 @@ impl Packed {
         if !parts.iter().all(same) {
             return None;
         }
-        fn cat<'a, T: Copy + 'a>(parts: impl Iterator<Item = &'a [T]>) -> Vec<T> {
-            parts.fold(Vec::new(), |mut all, p| {
+        fn cat<'a, T: Copy + 'a>(parts: impl Iterator<Item = &'a [T]> + Clone) -> Vec<T> {
+            let mut all = Vec::with_capacity(parts.clone().map(|p| p.len()).sum());
+            for p in parts {
                 all.extend_from_slice(p);
-                all
-            })
+            }
+            all
         }
         fn f16s(s: &Scales) -> &[f16] {
             match s {
@@ -340,6 +345,7 @@ impl Packed {
             scales: stack_scales(parts.iter().map(|p| &p.scales).collect())?,
             offsets: stack_scales(parts.iter().filter_map(|p| p.offsets.as_ref()).collect()),
             quants: cat(parts.iter().map(|p| p.quants.as_slice())),
+            source_bytes: parts.iter().map(|p| p.source_bytes).sum(),
             high: cat(parts.iter().map(|p| p.high.as_slice())),
         })
     }
@@ -349,11 +355,18 @@ impl Packed {
         self.n
     }
 
+    /// Bytes of the repacked matrix (what a product reads; more than the file's blocks for the
+    /// K formats, whose scales are stored expanded).
     pub(crate) fn bytes(&self) -> usize {
         self.scales.bytes()
             + self.offsets.as_ref().map_or(0, Scales::bytes)
             + self.quants.len()
             + self.high.len() * 4
+    }
+
+    /// Bytes of the ggml blocks it was repacked from.
+    pub(crate) fn source_bytes(&self) -> usize {
+        self.source_bytes
     }
 
     /// `out[i, j] = Σ_l x[i, l] · w[j, l]` for `x` of `m` rows of `k` values; `out` has `m·n`.
@@ -1010,6 +1023,12 @@ mod tests {
         let x = Tensor::from_vec(xv.clone(), (m, k), &dev).unwrap();
         let q = QTensor::quantize(&w, dtype).unwrap();
         let packed = Packed::from_qtensor(&q).unwrap().expect("packable");
+        // The bandwidth bound counts the file's bytes, not our (larger for K formats) repack.
+        assert_eq!(packed.source_bytes(), q.data().unwrap().len());
+        assert!(
+            packed.bytes() >= packed.source_bytes() * 9 / 10,
+            "{dtype:?}"
+        );
         let ours = x.apply_op1_no_bwd(&packed).unwrap();
         let ours = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let reference = scalar_reference(dtype, &q.data().unwrap(), n, k, &xv);
