@@ -226,14 +226,7 @@ mod tests {
                 let ours = q.apply_op3_no_bwd(&k, &v, &op).unwrap();
                 let general = crate::model::attend(&q, &k, &v, past, h, kv, d, scale).unwrap();
                 assert_eq!(ours.dims(), &[n, h * d]);
-                let diff = (ours - general)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = crate::test_util::max_abs_diff(&ours, &general);
                 assert!(
                     diff < 1e-5,
                     "h={h} kv={kv} d={d} past={past} n={n} {dt:?}: {diff}"

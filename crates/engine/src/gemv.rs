@@ -178,14 +178,7 @@ mod tests {
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
             let ours = x.apply_op2_no_bwd(&w, &Gemv).unwrap();
             let theirs = x.matmul(&w.t().unwrap()).unwrap();
-            let diff = (ours - theirs)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::test_util::max_abs_diff(&ours, &theirs);
             assert!(diff < 1e-3, "m={m} n={n} k={k}: {diff}");
         }
     }

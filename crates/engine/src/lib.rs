@@ -29,6 +29,24 @@ mod qmatmul;
 mod quants;
 pub mod sampling;
 
+/// What the unit tests of several modules share.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use candle_core::Tensor;
+
+    /// The largest absolute difference between two tensors of one shape.
+    pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+}
+
 pub use mathcoder_model::{config, models_dir, spm, tokenizer, ModelError};
 
 pub use chat::{load_native_model, NativeModel};

@@ -633,14 +633,7 @@ mod tests {
         let v = Tensor::randn(0f32, 1.0, (kv, past + n, d), &dev).unwrap();
         let a = attend(&q, &k, &v, past, h, kv, d, 1.0 / (d as f64).sqrt()).unwrap();
         let b = reference_attention(&q, &k, &v, past, h, kv).unwrap();
-        let diff = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::test_util::max_abs_diff(&a, &b);
         assert!(diff < 1e-5, "{diff}");
     }
 }

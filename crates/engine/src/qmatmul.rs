@@ -197,6 +197,7 @@ impl Packed {
         // apply with one multiply-add by the activations' `d·Σy` per block and row instead of
         // integer work on `z·Σy` (not for `HALVES`, whose offset would differ by half block).
         let fold = fold && spec.zero != 0 && !spec.halves && !spec.offset;
+        let zero = spec.zero as f32;
         let mut spec = spec;
         if fold {
             spec.zero = 0;
@@ -206,8 +207,6 @@ impl Packed {
         let (kb, qb, ns) = (k / QK, format.qbytes(), format.scales());
         let mut scales = Scales::new(spec.f32_scales, n * kb * ns);
         let mut offsets = spec.offset.then(|| Scales::new(spec.f32_scales, n * kb));
-        let zero = quants::spec(t)?.0.zero as f32;
-        // (`spec.zero` is 0 once folded.)
         let mut quants = vec![0u8; n * kb * qb];
         let mut high = vec![0u32; if spec.bits == 5 { n * kb } else { 0 }];
         let mut blocks = Vec::with_capacity(kb);
