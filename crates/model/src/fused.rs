@@ -28,6 +28,7 @@
 //! model uses the composed ops. Each has a test against the composed version, forward and
 //! gradients.
 
+use crate::vmath;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
@@ -542,20 +543,12 @@ impl CustomOp2 for MaskedSoftmax {
             let bb = r / (h * tq);
             let mrow = &m[((if mb == 1 { 0 } else { bb }) * tq + q) * tk..][..tk];
             let srow = &s[r * tk..][..tk];
-            let mut max = f32::NEG_INFINITY;
             for i in 0..tk {
-                let v = srow[i] * self.scale + mrow[i];
-                pr[i] = v;
-                max = max.max(v);
+                pr[i] = srow[i] * self.scale + mrow[i];
             }
-            let mut sum = 0f32;
-            for v in pr.iter_mut() {
-                *v = (*v - max).exp();
-                sum += *v;
-            }
-            for v in pr.iter_mut() {
-                *v /= sum;
-            }
+            let max = vmath::max(pr);
+            let sum = vmath::exp_in_place(pr, max);
+            vmath::div_in_place(pr, sum);
         });
         Ok((CpuStorage::F32(p), l1.shape().clone()))
     }
@@ -625,10 +618,6 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tens
 // ---------------------------------------------------------------------------------------------
 // SwiGLU
 
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
 struct SiluMul;
 
 impl CustomOp2 for SiluMul {
@@ -650,9 +639,8 @@ impl CustomOp2 for SiluMul {
         }
         let mut y = vec![0f32; a.len()];
         par_elems(&mut y, |o, c| {
-            for (i, v) in c.iter_mut().enumerate() {
-                *v = silu(a[o + i]) * b[o + i];
-            }
+            let n = c.len();
+            vmath::silu_mul(c, &a[o..o + n], &b[o..o + n])
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -697,11 +685,8 @@ impl CustomOp3 for SiluMulGrad {
         }
         let mut d = vec![0f32; a.len()];
         par_elems(&mut d, |o, c| {
-            for (i, v) in c.iter_mut().enumerate() {
-                let x = a[o + i];
-                let sg = 1.0 / (1.0 + (-x).exp());
-                *v = g[o + i] * b[o + i] * sg * (1.0 + x * (1.0 - sg));
-            }
+            let n = c.len();
+            vmath::silu_mul_grad(c, &a[o..o + n], &b[o..o + n], &g[o..o + n])
         });
         Ok((CpuStorage::F32(d), l1.shape().clone()))
     }
@@ -717,8 +702,8 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 
 /// Max and `Σ exp(x - max)` of a row.
 fn max_sum_exp(x: &[f32]) -> (f32, f32) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    (max, x.iter().map(|v| (v - max).exp()).sum())
+    let max = vmath::max(x);
+    (max, vmath::sum_exp(x, max))
 }
 
 struct Nll;
@@ -797,10 +782,7 @@ impl CustomOp3 for NllGrad {
         par_rows(&mut d, v, |r, dr| {
             let row = &x[r * v..][..v];
             let (max, sum) = max_sum_exp(row);
-            let k = g[r] / sum;
-            for i in 0..v {
-                dr[i] = (row[i] - max).exp() * k;
-            }
+            vmath::exp_scaled(dr, row, max, g[r] / sum);
             dr[t[r] as usize] -= g[r];
         });
         Ok((CpuStorage::F32(d), l1.shape().clone()))

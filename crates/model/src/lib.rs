@@ -26,6 +26,7 @@ pub mod names;
 pub mod spm;
 mod st;
 pub mod tokenizer;
+pub mod vmath;
 
 pub use checkpoint::{Checkpoint, GgufCheckpoint, HfCheckpoint};
 pub use config::{Architecture, ModelConfig};
