@@ -161,11 +161,7 @@ impl CustomOp3 for Attend {
                     max = max.max(s);
                     scores.push(s);
                 }
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
+                let sum = mathcoder_model::vmath::exp_in_place(&mut scores, max);
                 acc.fill(0.0);
                 for (j, p) in scores.iter().enumerate() {
                     let vrow = vr.get(v.row(kvh, j), &mut buf);

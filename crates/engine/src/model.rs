@@ -188,14 +188,10 @@ impl candle_core::CustomOp1 for SwiGlu {
             candle_core::bail!("swiglu: odd width {two_f}")
         }
         let f = two_f / 2;
-        let mut out = Vec::with_capacity(rows * f);
-        for row in v[a..b].chunks_exact(two_f) {
+        let mut out = vec![0f32; rows * f];
+        for (row, o) in v[a..b].chunks_exact(two_f).zip(out.chunks_exact_mut(f)) {
             let (gate, up) = row.split_at(f);
-            out.extend(
-                gate.iter()
-                    .zip(up)
-                    .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u),
-            );
+            mathcoder_model::vmath::silu_mul(o, gate, up);
         }
         Ok((candle_core::CpuStorage::F32(out), (rows, f).into()))
     }

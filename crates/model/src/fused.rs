@@ -137,15 +137,10 @@ impl CustomOp2 for RmsNorm {
         if h == 0 || l1.dims().last() != Some(&h) {
             bail!("rms_norm: weight of {h} for input {:?}", l1.dims())
         }
-        let mut y = vec![0f32; x.len()];
-        par_rows(&mut y, h, |r, yr| {
-            let xr = &x[r * h..(r + 1) * h];
-            let inv = inv_rms(xr, self.eps);
-            for i in 0..h {
-                yr[i] = xr[i] * inv * w[i];
-            }
-        });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((
+            CpuStorage::F32(rms_norm_rows(x, w, self.eps)),
+            l1.shape().clone(),
+        ))
     }
 
     fn bwd(
@@ -189,24 +184,11 @@ impl CustomOp3 for RmsNormGradX {
         let x = f32s(s1, l1, self.name())?;
         let w = f32s(s2, l2, self.name())?;
         let g = f32s(s3, l3, self.name())?;
-        let h = w.len();
         if g.len() != x.len() {
             bail!("rms_norm backward: gradient shape")
         }
         let mut dx = vec![0f32; x.len()];
-        par_rows(&mut dx, h, |r, dr| {
-            let xr = &x[r * h..(r + 1) * h];
-            let gr = &g[r * h..(r + 1) * h];
-            let inv = inv_rms(xr, self.eps);
-            let mut c = 0f32;
-            for i in 0..h {
-                c += gr[i] * w[i] * xr[i];
-            }
-            let c = c * inv * inv / h as f32;
-            for i in 0..h {
-                dr[i] = inv * (gr[i] * w[i] - xr[i] * c);
-            }
-        });
+        rms_norm_grad_x(&mut dx, x, w, g, self.eps);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -236,29 +218,69 @@ impl CustomOp2 for RmsNormGradW {
         if h == 0 || g.len() != x.len() {
             bail!("rms_norm backward: gradient shape")
         }
-        let rows = x.len() / h;
-        let blocks = (4 * rayon::current_num_threads()).min(rows).max(1);
-        let per = rows.div_ceil(blocks);
-        let partial: Vec<Vec<f64>> = (0..blocks)
-            .into_par_iter()
-            .map(|blk| {
-                let mut acc = vec![0f64; h];
-                for r in blk * per..((blk + 1) * per).min(rows) {
-                    let xr = &x[r * h..(r + 1) * h];
-                    let gr = &g[r * h..(r + 1) * h];
-                    let inv = inv_rms(xr, self.eps);
-                    for i in 0..h {
-                        acc[i] += f64::from(gr[i] * (xr[i] * inv));
-                    }
-                }
-                acc
-            })
-            .collect();
-        let dw: Vec<f32> = (0..h)
-            .map(|i| partial.iter().map(|p| p[i]).sum::<f64>() as f32)
-            .collect();
-        Ok((CpuStorage::F32(dw), Shape::from(h)))
+        Ok((
+            CpuStorage::F32(rms_norm_grad_w(x, g, h, self.eps)),
+            Shape::from(h),
+        ))
     }
+}
+
+/// RMSNorm of the rows of `x` (width `w.len()`).
+pub(crate) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let h = w.len();
+    let mut y = vec![0f32; x.len()];
+    par_rows(&mut y, h, |r, yr| {
+        let xr = &x[r * h..(r + 1) * h];
+        let inv = inv_rms(xr, eps);
+        for i in 0..h {
+            yr[i] = xr[i] * inv * w[i];
+        }
+    });
+    y
+}
+
+/// `dx += inv · (g·w - x̂ · mean(g·w·x̂))` (`dx` zeroed for the op, the residual stream's
+/// gradient in a hand-written backward pass).
+pub(crate) fn rms_norm_grad_x(dx: &mut [f32], x: &[f32], w: &[f32], g: &[f32], eps: f32) {
+    let h = w.len();
+    par_rows(dx, h, |r, dr| {
+        let xr = &x[r * h..(r + 1) * h];
+        let gr = &g[r * h..(r + 1) * h];
+        let inv = inv_rms(xr, eps);
+        let mut c = 0f32;
+        for i in 0..h {
+            c += gr[i] * w[i] * xr[i];
+        }
+        let c = c * inv * inv / h as f32;
+        for i in 0..h {
+            dr[i] += inv * (gr[i] * w[i] - xr[i] * c);
+        }
+    });
+}
+
+/// `dw = Σ_rows g · x̂` (rows of width `h`), summed in f64.
+pub(crate) fn rms_norm_grad_w(x: &[f32], g: &[f32], h: usize, eps: f32) -> Vec<f32> {
+    let rows = x.len() / h;
+    let blocks = (4 * rayon::current_num_threads()).min(rows).max(1);
+    let per = rows.div_ceil(blocks);
+    let partial: Vec<Vec<f64>> = (0..blocks)
+        .into_par_iter()
+        .map(|blk| {
+            let mut acc = vec![0f64; h];
+            for r in blk * per..((blk + 1) * per).min(rows) {
+                let xr = &x[r * h..(r + 1) * h];
+                let gr = &g[r * h..(r + 1) * h];
+                let inv = inv_rms(xr, eps);
+                for i in 0..h {
+                    acc[i] += f64::from(gr[i] * (xr[i] * inv));
+                }
+            }
+            acc
+        })
+        .collect();
+    (0..h)
+        .map(|i| partial.iter().map(|p| p[i]).sum::<f64>() as f32)
+        .collect()
 }
 
 /// RMSNorm over the last dimension of `x` (f32, CPU) with weight `w` (`[hidden]`).
@@ -270,13 +292,14 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 // ---------------------------------------------------------------------------------------------
 // Heads: transpose + RoPE + GQA repetition
 
+/// `[b, t, n, d]` projections as `[b, n·groups, t, d]` heads.
 #[derive(Clone, Copy)]
-struct Heads {
-    b: usize,
-    t: usize,
-    n: usize,
-    d: usize,
-    groups: usize,
+pub(crate) struct Heads {
+    pub b: usize,
+    pub t: usize,
+    pub n: usize,
+    pub d: usize,
+    pub groups: usize,
 }
 
 impl Heads {
@@ -307,7 +330,7 @@ impl Heads {
     }
 
     /// `[b, t, n, d]` → `[b, n·g, t, d]`, rotated by `tables` (cos, sin `[b, t, d/2]`).
-    fn forward(&self, x: &[f32], tables: Option<(&[f32], &[f32])>) -> Vec<f32> {
+    pub(crate) fn forward(&self, x: &[f32], tables: Option<(&[f32], &[f32])>) -> Vec<f32> {
         let Heads { b, t, n, d, groups } = *self;
         let half = d / 2;
         let mut y = vec![0f32; b * n * groups * t * d];
@@ -336,7 +359,7 @@ impl Heads {
     }
 
     /// The transpose of [`Heads::forward`]: `[b, n·g, t, d]` → `[b, t, n, d]`.
-    fn backward(&self, g: &[f32], tables: Option<(&[f32], &[f32])>) -> Vec<f32> {
+    pub(crate) fn backward(&self, g: &[f32], tables: Option<(&[f32], &[f32])>) -> Vec<f32> {
         let Heads { b, t, n, d, groups } = *self;
         let half = d / 2;
         let nh = n * groups;
@@ -537,19 +560,8 @@ impl CustomOp2 for MaskedSoftmax {
         if l2.dims().len() != 4 || l2.dims()[1..] != [1, tq, tk] || (mb != 1 && mb != b) {
             bail!("masked_softmax: mask of shape {:?}", l2.dims())
         }
-        let mut p = vec![0f32; s.len()];
-        par_rows(&mut p, tk, |r, pr| {
-            let q = r % tq;
-            let bb = r / (h * tq);
-            let mrow = &m[((if mb == 1 { 0 } else { bb }) * tq + q) * tk..][..tk];
-            let srow = &s[r * tk..][..tk];
-            for i in 0..tk {
-                pr[i] = srow[i] * self.scale + mrow[i];
-            }
-            let max = vmath::max(pr);
-            let sum = vmath::exp_in_place(pr, max);
-            vmath::div_in_place(pr, sum);
-        });
+        let _ = b;
+        let p = masked_softmax_rows(s, m, mb, (h, tq, tk), self.scale);
         Ok((CpuStorage::F32(p), l1.shape().clone()))
     }
 
@@ -591,17 +603,50 @@ impl CustomOp2 for SoftmaxGrad {
         if g.len() != p.len() {
             bail!("softmax backward: gradient shape")
         }
-        let mut ds = vec![0f32; p.len()];
-        par_rows(&mut ds, tk, |r, dr| {
-            let pr = &p[r * tk..][..tk];
-            let gr = &g[r * tk..][..tk];
-            let c = dot(pr, gr);
-            for i in 0..tk {
-                dr[i] = self.scale * pr[i] * (gr[i] - c);
-            }
-        });
-        Ok((CpuStorage::F32(ds), l1.shape().clone()))
+        Ok((
+            CpuStorage::F32(softmax_grad_rows(p, g, tk, self.scale)),
+            l1.shape().clone(),
+        ))
     }
+}
+
+/// `softmax(s · scale + mask)` over rows of `tk`: `s` `[b, h, tq, tk]`, `mask` `[mb, 1, tq, tk]`
+/// with `mb` 1 or `b`.
+pub(crate) fn masked_softmax_rows(
+    s: &[f32],
+    m: &[f32],
+    mb: usize,
+    (h, tq, tk): (usize, usize, usize),
+    scale: f32,
+) -> Vec<f32> {
+    let mut p = vec![0f32; s.len()];
+    par_rows(&mut p, tk, |r, pr| {
+        let q = r % tq;
+        let bb = r / (h * tq);
+        let mrow = &m[((if mb == 1 { 0 } else { bb }) * tq + q) * tk..][..tk];
+        let srow = &s[r * tk..][..tk];
+        for i in 0..tk {
+            pr[i] = srow[i] * scale + mrow[i];
+        }
+        let max = vmath::max(pr);
+        let sum = vmath::exp_in_place(pr, max);
+        vmath::div_in_place(pr, sum);
+    });
+    p
+}
+
+/// `ds = scale · p · (g - Σ g·p)` over rows of `tk`.
+pub(crate) fn softmax_grad_rows(p: &[f32], g: &[f32], tk: usize, scale: f32) -> Vec<f32> {
+    let mut ds = vec![0f32; p.len()];
+    par_rows(&mut ds, tk, |r, dr| {
+        let pr = &p[r * tk..][..tk];
+        let gr = &g[r * tk..][..tk];
+        let c = dot(pr, gr);
+        for i in 0..tk {
+            dr[i] = scale * pr[i] * (gr[i] - c);
+        }
+    });
+    ds
 }
 
 /// `softmax(scores · scale + mask)` over the last dimension: `scores` `[b, heads, t, t]`,
@@ -637,12 +682,7 @@ impl CustomOp2 for SiluMul {
         if l1.shape() != l2.shape() {
             bail!("silu_mul: shapes {:?} and {:?}", l1.dims(), l2.dims())
         }
-        let mut y = vec![0f32; a.len()];
-        par_elems(&mut y, |o, c| {
-            let n = c.len();
-            vmath::silu_mul(c, &a[o..o + n], &b[o..o + n])
-        });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((CpuStorage::F32(silu_mul_elems(a, b)), l1.shape().clone()))
     }
 
     fn bwd(
@@ -683,13 +723,31 @@ impl CustomOp3 for SiluMulGrad {
         if b.len() != a.len() || g.len() != a.len() {
             bail!("silu_mul backward: shapes")
         }
-        let mut d = vec![0f32; a.len()];
-        par_elems(&mut d, |o, c| {
-            let n = c.len();
-            vmath::silu_mul_grad(c, &a[o..o + n], &b[o..o + n], &g[o..o + n])
-        });
-        Ok((CpuStorage::F32(d), l1.shape().clone()))
+        Ok((
+            CpuStorage::F32(silu_mul_grad_elems(a, b, g)),
+            l1.shape().clone(),
+        ))
     }
+}
+
+/// `silu(a) · b`, elementwise.
+pub(crate) fn silu_mul_elems(a: &[f32], b: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; a.len()];
+    par_elems(&mut y, |o, c| {
+        let n = c.len();
+        vmath::silu_mul(c, &a[o..o + n], &b[o..o + n])
+    });
+    y
+}
+
+/// The gradient of `silu(a) · b` with respect to `a`, given the output's `g`.
+pub(crate) fn silu_mul_grad_elems(a: &[f32], b: &[f32], g: &[f32]) -> Vec<f32> {
+    let mut d = vec![0f32; a.len()];
+    par_elems(&mut d, |o, c| {
+        let n = c.len();
+        vmath::silu_mul_grad(c, &a[o..o + n], &b[o..o + n], &g[o..o + n])
+    });
+    d
 }
 
 /// SwiGLU's `silu(gate) · up` (same shapes).
@@ -752,6 +810,22 @@ impl CustomOp2 for Nll {
     }
 }
 
+/// Cross-entropy of each row of `x` (`[n, v]` logits) against `t`, returned, and its gradient
+/// scaled by `g` written over the logits (a hand-written backward pass needs no logits after).
+pub(crate) fn nll_and_grad_in_place(x: &mut [f32], t: &[u32], v: usize, g: f32) -> Vec<f32> {
+    let mut out = vec![0f32; t.len()];
+    x.par_chunks_mut(v)
+        .zip(out.par_iter_mut())
+        .zip(t.par_iter())
+        .for_each(|((row, o), &target)| {
+            let (max, sum) = max_sum_exp(row);
+            *o = -((row[target as usize] - max) - sum.ln());
+            vmath::exp_scaled_in_place(row, max, g / sum);
+            row[target as usize] -= g;
+        });
+    out
+}
+
 /// `d logits = g_row · (softmax(logits) - onehot(target))`.
 struct NllGrad;
 
@@ -795,14 +869,26 @@ impl CustomOp3 for NllGrad {
 /// `dst = a · b` for `a` `[m, k]` and `b` `[k, n]` given as (row, column) element strides,
 /// `dst` row-major `[m, n]`, with the `gemm` crate on candle's thread count (as candle's own
 /// matmul).
-#[allow(clippy::too_many_arguments)]
 fn gemm_into(
     dst: &mut [f32],
-    (m, n, k): (usize, usize, usize),
+    mnk: (usize, usize, usize),
     a: &[f32],
-    (a_rs, a_cs): (usize, usize),
+    a_strides: (usize, usize),
     b: &[f32],
-    (b_rs, b_cs): (usize, usize),
+    b_strides: (usize, usize),
+) -> Result<()> {
+    gemm_ex(dst, mnk, (a, a_strides), (b, b_strides), false, true)
+}
+
+/// [`gemm_into`], adding to `dst` instead of overwriting it when `accumulate`, and on this
+/// thread alone unless `parallel` (for many small products run side by side).
+pub(crate) fn gemm_ex(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    (a, (a_rs, a_cs)): (&[f32], (usize, usize)),
+    (b, (b_rs, b_cs)): (&[f32], (usize, usize)),
+    accumulate: bool,
+    parallel: bool,
 ) -> Result<()> {
     let last = |rows: usize, rs: usize, cols: usize, cs: usize| {
         (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
@@ -817,17 +903,19 @@ fn gemm_into(
         return Ok(());
     }
     if k == 0 {
-        dst.fill(0.0);
+        if !accumulate {
+            dst.fill(0.0);
+        }
         return Ok(());
     }
     let threads = candle_core::utils::get_num_threads();
-    let par = if threads > 1 {
+    let par = if parallel && threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
     // SAFETY: every element the strides address lies inside its slice (checked above), `dst`
-    // is exclusively borrowed, row-major [m, n], and overwritten (`read_dst` false).
+    // is exclusively borrowed and row-major [m, n]; it is read only when `accumulate`.
     unsafe {
         gemm::gemm(
             m,
@@ -836,14 +924,14 @@ fn gemm_into(
             dst.as_mut_ptr(),
             1,
             n as isize,
-            false,
+            accumulate,
             a.as_ptr(),
             a_cs as isize,
             a_rs as isize,
             b.as_ptr(),
             b_cs as isize,
             b_rs as isize,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
@@ -855,7 +943,13 @@ fn gemm_into(
 }
 
 /// `x · wᵀ` for `x` `[n, in]` and `w` `[out, in]` (contiguous): `[n, out]`.
-fn linear_fwd(x: &[f32], w: &[f32], n: usize, inp: usize, out: usize) -> Result<Vec<f32>> {
+pub(crate) fn linear_fwd(
+    x: &[f32],
+    w: &[f32],
+    n: usize,
+    inp: usize,
+    out: usize,
+) -> Result<Vec<f32>> {
     let mut y = vec![0f32; n * out];
     gemm_into(&mut y, (n, out, inp), x, (inp, 1), w, (1, inp))?;
     Ok(y)

@@ -17,6 +17,7 @@
 //!
 //! No generation, no KV cache: those live in the engine.
 
+mod backward;
 pub mod bpe;
 pub mod checkpoint;
 pub mod config;

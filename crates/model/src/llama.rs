@@ -41,9 +41,9 @@ pub struct LoraPair {
 }
 
 /// A projection `[out, in]`, with an optional adapter.
-struct Proj {
-    w: Tensor,
-    lora: Option<LoraPair>,
+pub(crate) struct Proj {
+    pub(crate) w: Tensor,
+    pub(crate) lora: Option<LoraPair>,
 }
 
 impl From<Tensor> for Proj {
@@ -88,16 +88,16 @@ pub fn replace_rows(base: &Tensor, ids: &[u32], rows: &Tensor) -> candle_core::R
 }
 
 /// One decoder layer's weights (projections stored `[out, in]`).
-struct Block {
-    attn_norm: Tensor,
-    q: Proj,
-    k: Proj,
-    v: Proj,
-    o: Proj,
-    mlp_norm: Tensor,
-    gate: Proj,
-    up: Proj,
-    down: Proj,
+pub(crate) struct Block {
+    pub(crate) attn_norm: Tensor,
+    pub(crate) q: Proj,
+    pub(crate) k: Proj,
+    pub(crate) v: Proj,
+    pub(crate) o: Proj,
+    pub(crate) mlp_norm: Tensor,
+    pub(crate) gate: Proj,
+    pub(crate) up: Proj,
+    pub(crate) down: Proj,
 }
 
 impl Block {
@@ -121,14 +121,14 @@ impl Block {
 
 /// A Llama-family decoder (multi-head or grouped-query attention, tied or untied output).
 pub struct Llama {
-    config: ModelConfig,
-    embed: Tensor,
-    layers: Vec<Block>,
-    norm: Tensor,
+    pub(crate) config: ModelConfig,
+    pub(crate) embed: Tensor,
+    pub(crate) layers: Vec<Block>,
+    pub(crate) norm: Tensor,
     /// `None` when tied to the embeddings.
-    lm_head: Option<Tensor>,
+    pub(crate) lm_head: Option<Tensor>,
     /// Trainable rows replacing some of `embed`'s (and `lm_head`'s).
-    rows: Option<TokenRows>,
+    pub(crate) rows: Option<TokenRows>,
 }
 
 /// Hugging Face's initialisation: normal(0, 0.02) matrices, norms at one.
@@ -395,6 +395,18 @@ impl Llama {
         position_ids: Option<&Tensor>,
         mask: Option<&Tensor>,
     ) -> Result<Tensor, ModelError> {
+        let (positions, mask) = self.checked_inputs(ids, position_ids, mask)?;
+        Ok(self.forward_inner(ids, &positions, &mask)?)
+    }
+
+    /// The position ids and the (f32) attention mask of [`Llama::hidden_states`]'s arguments,
+    /// defaults filled in, after checking every shape, type and token id.
+    pub(crate) fn checked_inputs(
+        &self,
+        ids: &Tensor,
+        position_ids: Option<&Tensor>,
+        mask: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor), ModelError> {
         let c = &self.config;
         let (b, t) = ids.dims2().map_err(|_| {
             ModelError::Input(format!("ids must be [batch, seq], not {:?}", ids.dims()))
@@ -446,7 +458,7 @@ impl Llama {
             }
             None => causal_mask(1, t, device)?,
         };
-        Ok(self.forward_inner(ids, &positions, &mask)?)
+        Ok((positions, mask))
     }
 
     fn forward_inner(

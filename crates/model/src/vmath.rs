@@ -118,6 +118,14 @@ pub fn exp_scaled(out: &mut [f32], x: &[f32], sub: f32, k: f32) {
     }
 }
 
+/// `x ← e^(x - sub) · k`.
+#[multiversion(targets("x86_64+avx512f", "x86_64+avx2+fma"))]
+pub fn exp_scaled_in_place(x: &mut [f32], sub: f32, k: f32) {
+    for v in x {
+        *v = exp(*v - sub) * k;
+    }
+}
+
 /// `x ← x / d`.
 #[multiversion(targets("x86_64+avx512f", "x86_64+avx2+fma"))]
 pub fn div_in_place(x: &mut [f32], d: f32) {
@@ -215,6 +223,9 @@ mod tests {
             assert!(close(e[i], a * sg * b));
             assert!(close(d[i], b * b * sg * (1.0 + a * (1.0 - sg))));
         }
+        let mut o2 = x.clone();
+        exp_scaled_in_place(&mut o2, m, 0.5);
+        assert_eq!(o, o2);
         div_in_place(&mut o, 0.5);
         assert!(close(o[3], (x[3] as f64 - m as f64).exp()));
     }

@@ -501,8 +501,43 @@ impl Trainer {
         let n_target: usize = rows.iter().map(|&r| self.data.rows[r].target_count()).sum();
         let mut grads: Vec<Option<Tensor>> = vec![None; self.opt.vars.len()];
         let mut total = 0f64;
+        // A full fine-tune on the CPU takes the hand-written backward pass (the same kernels,
+        // without candle's autograd bookkeeping); LoRA runs keep autograd.
+        let hand = self.model.hand_backward_applies();
+        let slot_of: HashMap<_, usize> = self
+            .opt
+            .vars
+            .iter()
+            .enumerate()
+            .map(|(i, (_, v))| (v.as_tensor().id(), i))
+            .collect();
         for chunk in rows.chunks(self.cfg.micro_batch) {
             let rs: Vec<&Row> = chunk.iter().map(|&r| &self.data.rows[r]).collect();
+            if hand {
+                let (ids, pos, mask, at, target) = self.batch(&rs)?;
+                if at.is_empty() {
+                    continue;
+                }
+                let scale = 1.0 / n_target as f32;
+                let (sum, g) = self.model.loss_and_grads(
+                    &ids,
+                    pos.as_ref(),
+                    mask.as_ref(),
+                    &at,
+                    &target,
+                    scale,
+                )?;
+                total += f64::from(sum);
+                for (w, gw) in g {
+                    if let Some(&i) = slot_of.get(&w.id()) {
+                        grads[i] = Some(match grads[i].take() {
+                            Some(acc) => (acc + gw)?,
+                            None => gw,
+                        });
+                    }
+                }
+                continue;
+            }
             let Some(sum) = self.loss_sum(&rs)? else {
                 continue;
             };
