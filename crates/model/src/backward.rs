@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use std::ops::Deref;
 
 use crate::fused::{
-    gemm_ex, linear_fwd, masked_softmax_rows, nll_and_grad_in_place, rms_norm_grad_w,
+    gemm_ex, gemm_new, linear_fwd, masked_softmax_rows, nll_and_grad_in_place, rms_norm_grad_w,
     rms_norm_grad_x, rms_norm_rows, silu_mul_elems, silu_mul_grad_elems, softmax_grad_rows, Heads,
 };
 use crate::llama::{rope_tables, Llama};
@@ -115,33 +115,22 @@ fn add_in_place(dst: &mut [f32], src: &[f32]) {
         .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, s)| *d += s));
 }
 
-/// `x · wᵀ`'s gradients: `dx += g · w` (`g` `[n, out]`, `w` `[out, in]`), and `gᵀ · x`.
+/// `x · wᵀ`'s gradients: `dx = g · w` (`g` `[n, out]`, `w` `[out, in]`; added to `dx`
+/// unless it is empty), and `gᵀ · x`, returned.
 fn linear_grads(
-    dx: &mut [f32],
+    dx: &mut Vec<f32>,
     g: &[f32],
     x: &[f32],
     w: &[f32],
     (n, inp, out): (usize, usize, usize),
-    accumulate: bool,
 ) -> candle_core::Result<Vec<f32>> {
-    gemm_ex(
-        dx,
-        (n, inp, out),
-        (g, (out, 1)),
-        (w, (inp, 1)),
-        accumulate,
-        true,
-    )?;
-    let mut dw = vec![0f32; out * inp];
-    gemm_ex(
-        &mut dw,
-        (out, inp, n),
-        (g, (1, out)),
-        (x, (inp, 1)),
-        false,
-        true,
-    )?;
-    Ok(dw)
+    let dims = (n, inp, out);
+    if dx.is_empty() {
+        *dx = gemm_new(dims, (g, (out, 1)), (w, (inp, 1)))?;
+    } else {
+        gemm_ex(dx, dims, (g, (out, 1)), (w, (inp, 1)), true, true)?;
+    }
+    gemm_new((out, inp, n), (g, (1, out)), (x, (inp, 1)))
 }
 
 impl Llama {
@@ -318,8 +307,8 @@ impl Llama {
         let loss: f32 = losses.iter().sum();
 
         // Backward. `logits` now holds their gradient.
-        let mut dsel = vec![0f32; m * hd];
-        let d_out = linear_grads(&mut dsel, &logits, &sel, w_out, (m, hd, vocab), false)?;
+        let mut dsel = Vec::new();
+        let d_out = linear_grads(&mut dsel, &logits, &sel, w_out, (m, hd, vocab))?;
         drop(logits);
         let mut dhf = vec![0f32; n * hd];
         for (k, &p) in at.iter().enumerate() {
@@ -334,20 +323,20 @@ impl Llama {
         for (w, s) in layers.iter().zip(saved).rev() {
             let [an, wq, wk, wv, wo, mn, wg, wu, wd] = w.each_ref().map(Held::get);
             // x_out = x_mid + down(silu(gate) · up)
-            let mut da = vec![0f32; n * ffn];
-            let d_down = linear_grads(&mut da, &dx, &s.act, wd, (n, ffn, hd), false)?;
+            let mut da = Vec::new();
+            let d_down = linear_grads(&mut da, &dx, &s.act, wd, (n, ffn, hd))?;
             let dg = silu_mul_grad_elems(&s.gate, &s.up, &da);
             let du = silu_mul_elems(&s.gate, &da);
             drop(da);
-            let mut dh2 = vec![0f32; n * hd];
-            let d_gate = linear_grads(&mut dh2, &dg, &s.h2, wg, (n, hd, ffn), false)?;
-            let d_up = linear_grads(&mut dh2, &du, &s.h2, wu, (n, hd, ffn), true)?;
+            let mut dh2 = Vec::new();
+            let d_gate = linear_grads(&mut dh2, &dg, &s.h2, wg, (n, hd, ffn))?;
+            let d_up = linear_grads(&mut dh2, &du, &s.h2, wu, (n, hd, ffn))?;
             rms_norm_grad_x(&mut dx, &s.x_mid, mn, &dh2, eps);
             let d_mlp_norm = rms_norm_grad_w(&s.x_mid, &dh2, hd, eps);
             drop(dh2);
             // x_mid = x_in + o(attention)
-            let mut dattn = vec![0f32; n * nh * d];
-            let d_o = linear_grads(&mut dattn, &dx, &s.attn, wo, (n, nh * d, hd), false)?;
+            let mut dattn = Vec::new();
+            let d_o = linear_grads(&mut dattn, &dx, &s.attn, wo, (n, nh * d, hd))?;
             let d_o_heads = swap_heads(&dattn, (t, nh, d), true);
             drop(dattn);
             let mut dp = vec![0f32; bh * t * t];
@@ -364,10 +353,10 @@ impl Llama {
             let dqp = hq.backward(&dq, rope);
             let dkp = hk.backward(&dk, rope);
             let dvp = hk.backward(&dv, None);
-            let mut dh1 = vec![0f32; n * hd];
-            let d_q = linear_grads(&mut dh1, &dqp, &s.h1, wq, (n, hd, nh * d), false)?;
-            let d_k = linear_grads(&mut dh1, &dkp, &s.h1, wk, (n, hd, nkv * d), true)?;
-            let d_v = linear_grads(&mut dh1, &dvp, &s.h1, wv, (n, hd, nkv * d), true)?;
+            let mut dh1 = Vec::new();
+            let d_q = linear_grads(&mut dh1, &dqp, &s.h1, wq, (n, hd, nh * d))?;
+            let d_k = linear_grads(&mut dh1, &dkp, &s.h1, wk, (n, hd, nkv * d))?;
+            let d_v = linear_grads(&mut dh1, &dvp, &s.h1, wv, (n, hd, nkv * d))?;
             rms_norm_grad_x(&mut dx, &s.x_in, an, &dh1, eps);
             let d_attn_norm = rms_norm_grad_w(&s.x_in, &dh1, hd, eps);
             layer_grads.push([

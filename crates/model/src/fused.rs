@@ -866,39 +866,20 @@ impl CustomOp3 for NllGrad {
 // ---------------------------------------------------------------------------------------------
 // Linear layers
 
-/// `dst = a · b` for `a` `[m, k]` and `b` `[k, n]` given as (row, column) element strides,
-/// `dst` row-major `[m, n]`, with the `gemm` crate on candle's thread count (as candle's own
-/// matmul).
-fn gemm_into(
-    dst: &mut [f32],
-    mnk: (usize, usize, usize),
-    a: &[f32],
-    a_strides: (usize, usize),
-    b: &[f32],
-    b_strides: (usize, usize),
-) -> Result<()> {
-    gemm_ex(dst, mnk, (a, a_strides), (b, b_strides), false, true)
-}
-
-/// [`gemm_into`], adding to `dst` instead of overwriting it when `accumulate`, and on this
-/// thread alone unless `parallel` (for many small products run side by side).
+/// `dst = a · b` (or `dst += a · b` when `accumulate`) for `a` `[m, k]` and `b` `[k, n]` given
+/// as (row, column) element strides, `dst` row-major `[m, n]`, with the `gemm` crate (as
+/// candle's own matmul) on candle's thread count, or on this thread alone unless `parallel`
+/// (for many small products run side by side).
 pub(crate) fn gemm_ex(
     dst: &mut [f32],
-    (m, n, k): (usize, usize, usize),
-    (a, (a_rs, a_cs)): (&[f32], (usize, usize)),
-    (b, (b_rs, b_cs)): (&[f32], (usize, usize)),
+    mnk: (usize, usize, usize),
+    a: (&[f32], (usize, usize)),
+    b: (&[f32], (usize, usize)),
     accumulate: bool,
     parallel: bool,
 ) -> Result<()> {
-    let last = |rows: usize, rs: usize, cols: usize, cs: usize| {
-        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
-    };
-    if dst.len() != m * n
-        || (m * k > 0 && last(m, a_rs, k, a_cs) >= a.len())
-        || (k * n > 0 && last(k, b_rs, n, b_cs) >= b.len())
-    {
-        bail!("linear: operand sizes do not fit [{m}, {k}] x [{k}, {n}]")
-    }
+    let (m, n, k) = mnk;
+    check_gemm(dst.len(), mnk, a, b)?;
     if m * n == 0 {
         return Ok(());
     }
@@ -908,20 +889,78 @@ pub(crate) fn gemm_ex(
         }
         return Ok(());
     }
+    // SAFETY: the operands fit their strides (checked), `dst` is an exclusively borrowed
+    // row-major [m, n].
+    unsafe { gemm_raw(dst.as_mut_ptr(), mnk, a, b, accumulate, parallel) };
+    Ok(())
+}
+
+/// `a · b` as a new row-major `[m, n]` vector, written by the product alone (no zeroing
+/// first).
+pub(crate) fn gemm_new(
+    mnk: (usize, usize, usize),
+    a: (&[f32], (usize, usize)),
+    b: (&[f32], (usize, usize)),
+) -> Result<Vec<f32>> {
+    let (m, n, k) = mnk;
+    if m * n == 0 || k == 0 {
+        let mut dst = vec![0f32; m * n];
+        gemm_ex(&mut dst, mnk, a, b, false, true)?;
+        return Ok(dst);
+    }
+    check_gemm(m * n, mnk, a, b)?;
+    let mut dst = Vec::with_capacity(m * n);
+    // SAFETY: the operands fit their strides (checked); with `read_dst` false and k > 0 the
+    // product writes every element of the [m, n] buffer before its length is set.
+    unsafe {
+        gemm_raw(dst.as_mut_ptr(), mnk, a, b, false, true);
+        dst.set_len(m * n);
+    }
+    Ok(dst)
+}
+
+fn check_gemm(
+    dst_len: usize,
+    (m, n, k): (usize, usize, usize),
+    (a, (a_rs, a_cs)): (&[f32], (usize, usize)),
+    (b, (b_rs, b_cs)): (&[f32], (usize, usize)),
+) -> Result<()> {
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| {
+        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
+    };
+    if dst_len != m * n
+        || (m * k > 0 && last(m, a_rs, k, a_cs) >= a.len())
+        || (k * n > 0 && last(k, b_rs, n, b_cs) >= b.len())
+    {
+        bail!("linear: operand sizes do not fit [{m}, {k}] x [{k}, {n}]")
+    }
+    Ok(())
+}
+
+/// # Safety
+/// `dst` must be valid for writes (and reads, when `accumulate`) of a row-major `[m, n]`, and
+/// the operands must fit their strides ([`check_gemm`]); `k > 0`.
+unsafe fn gemm_raw(
+    dst: *mut f32,
+    (m, n, k): (usize, usize, usize),
+    (a, (a_rs, a_cs)): (&[f32], (usize, usize)),
+    (b, (b_rs, b_cs)): (&[f32], (usize, usize)),
+    accumulate: bool,
+    parallel: bool,
+) {
     let threads = candle_core::utils::get_num_threads();
     let par = if parallel && threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: every element the strides address lies inside its slice (checked above), `dst`
-    // is exclusively borrowed and row-major [m, n]; it is read only when `accumulate`.
+    // SAFETY: the caller's contract; `dst` is read only when `accumulate`.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,
@@ -939,7 +978,6 @@ pub(crate) fn gemm_ex(
             par,
         );
     }
-    Ok(())
 }
 
 /// `x · wᵀ` for `x` `[n, in]` and `w` `[out, in]` (contiguous): `[n, out]`.
@@ -950,9 +988,7 @@ pub(crate) fn linear_fwd(
     inp: usize,
     out: usize,
 ) -> Result<Vec<f32>> {
-    let mut y = vec![0f32; n * out];
-    gemm_into(&mut y, (n, out, inp), x, (inp, 1), w, (1, inp))?;
-    Ok(y)
+    gemm_new((n, out, inp), (x, (inp, 1)), (w, (1, inp)))
 }
 
 fn linear_dims(l1: &Layout, l2: &Layout, op: &str) -> Result<(usize, usize, usize)> {
@@ -987,9 +1023,8 @@ impl CustomOp2 for WeightGrad {
         if gn != n {
             bail!("linear backward: gradient shape")
         }
-        let mut dw = vec![0f32; out * inp];
         // [out, n] (g transposed) x [n, in].
-        gemm_into(&mut dw, (out, inp, n), g, (1, out), x, (inp, 1))?;
+        let dw = gemm_new((out, inp, n), (g, (1, out)), (x, (inp, 1)))?;
         Ok((CpuStorage::F32(dw), Shape::from((out, inp))))
     }
 }
