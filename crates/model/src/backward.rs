@@ -413,30 +413,16 @@ impl Llama {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llama::tests::tiny;
     use crate::llama::{nll, packed_mask, packed_positions};
-    use crate::ModelConfig;
-    use candle_core::DType;
-    use candle_nn::{VarBuilder, VarMap};
 
     /// Loss and every gradient equal those of candle's autograd through the fused ops, on a
     /// packed batch of two rows (GQA, tied and untied output), positions only where a target is.
     #[test]
     fn hand_backward_matches_autograd() {
         for tied in [true, false] {
-            let config = ModelConfig::from_hf_json(
-                &serde_json::json!({
-                    "model_type": "llama", "vocab_size": 40, "hidden_size": 16,
-                    "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4,
-                    "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-                    "max_position_embeddings": 64, "tie_word_embeddings": tied,
-                })
-                .to_string(),
-            )
-            .unwrap();
+            let (model, vars) = tiny(tied, 2, 2);
             let dev = Device::Cpu;
-            let vars = VarMap::new();
-            let model =
-                Llama::new(&config, VarBuilder::from_varmap(&vars, DType::F32, &dev)).unwrap();
             assert!(model.hand_backward_applies());
             let segments = vec![vec![0, 0, 0, 1, 1, 1, 1], vec![0, 0, 0, 0, 0, 1, 1]];
             let ids = Tensor::new(
@@ -488,18 +474,8 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_errors() {
-        let config = ModelConfig::from_hf_json(
-            &serde_json::json!({
-                "model_type": "llama", "vocab_size": 40, "hidden_size": 16,
-                "intermediate_size": 24, "num_hidden_layers": 1, "num_attention_heads": 4,
-                "num_key_value_heads": 4, "rms_norm_eps": 1e-5, "max_position_embeddings": 64,
-            })
-            .to_string(),
-        )
-        .unwrap();
+        let (model, _) = tiny(false, 1, 4);
         let dev = Device::Cpu;
-        let vars = VarMap::new();
-        let model = Llama::new(&config, VarBuilder::from_varmap(&vars, DType::F32, &dev)).unwrap();
         let ids = Tensor::new(&[[5u32, 1, 38]], &dev).unwrap();
         for (at, targets) in [(&[0u32, 1][..], &[1u32][..]), (&[3], &[1]), (&[0], &[40])] {
             assert!(model
@@ -507,8 +483,7 @@ mod tests {
                 .is_err());
         }
         let frozen = {
-            let mut m =
-                Llama::new(&config, VarBuilder::from_varmap(&vars, DType::F32, &dev)).unwrap();
+            let (mut m, _) = tiny(false, 1, 4);
             m.freeze();
             m
         };

@@ -683,7 +683,28 @@ pub fn packed_positions(segments: &[Vec<u32>], device: &Device) -> Result<Tensor
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    /// A tiny random Llama (vocabulary 40, hidden 16, FFN 24, 4 heads) with its variables.
+    pub(crate) fn tiny(tied: bool, layers: usize, kv_heads: usize) -> (Llama, VarMap) {
+        let config = ModelConfig::from_hf_json(
+            &serde_json::json!({
+                "model_type": "llama", "vocab_size": 40, "hidden_size": 16,
+                "intermediate_size": 24, "num_hidden_layers": layers, "num_attention_heads": 4,
+                "num_key_value_heads": kv_heads, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+                "max_position_embeddings": 64, "tie_word_embeddings": tied,
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let vars = VarMap::new();
+        let model = Llama::new(
+            &config,
+            VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        (model, vars)
+    }
+
     use super::*;
 
     #[test]
@@ -717,20 +738,8 @@ mod tests {
     #[test]
     fn frozen_weights_get_no_gradient() {
         for tied in [true, false] {
-            let config = ModelConfig::from_hf_json(
-                &serde_json::json!({
-                    "model_type": "llama", "vocab_size": 40, "hidden_size": 16,
-                    "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4,
-                    "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-                    "max_position_embeddings": 64, "tie_word_embeddings": tied,
-                })
-                .to_string(),
-            )
-            .unwrap();
+            let (mut model, _) = tiny(tied, 2, 2);
             let dev = Device::Cpu;
-            let vars = VarMap::new();
-            let mut model =
-                Llama::new(&config, VarBuilder::from_varmap(&vars, DType::F32, &dev)).unwrap();
             model.freeze();
             let var = |shape: (usize, usize)| {
                 Var::from_tensor(&Tensor::randn(0f32, 0.1, shape, &dev).unwrap()).unwrap()
