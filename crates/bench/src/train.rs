@@ -140,7 +140,7 @@ fn step(
 ) -> Result<f64> {
     let (b, t) = ids.dims2()?;
     if model.hand_backward_applies() {
-        // The trainer's path for a full fine-tune (`Llama::loss_and_grads`).
+        // The trainer's path on the CPU (`Llama::loss_and_grads`).
         let t0 = Instant::now();
         let at: Vec<u32> = (0..b)
             .flat_map(|r| (0..t - 1).map(move |i| (r * t + i) as u32))

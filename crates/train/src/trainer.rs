@@ -501,8 +501,8 @@ impl Trainer {
         let n_target: usize = rows.iter().map(|&r| self.data.rows[r].target_count()).sum();
         let mut grads: Vec<Option<Tensor>> = vec![None; self.opt.vars.len()];
         let mut total = 0f64;
-        // A full fine-tune on the CPU takes the hand-written backward pass (the same kernels,
-        // without candle's autograd bookkeeping); LoRA runs keep autograd.
+        // On the CPU in f32 the hand-written pass (the same kernels, without candle's autograd
+        // bookkeeping); autograd elsewhere.
         let hand = self.model.hand_backward_applies();
         let slot_of: HashMap<_, usize> = self
             .opt
