@@ -129,6 +129,15 @@ struct Parts {
     optimizer: f64,
 }
 
+/// The gradients of the optimizer's variables, in its order; an error names a variable that got
+/// none.
+fn in_var_order(opt: &AdamW, grad: impl Fn(&Tensor) -> Option<Tensor>) -> Result<Vec<Tensor>> {
+    opt.vars
+        .iter()
+        .map(|(n, v)| grad(v.as_tensor()).with_context(|| format!("{n} got no gradient")))
+        .collect()
+}
+
 /// One training step as the trainer takes it: loss on every next token (token mean), backward,
 /// clipping at 1.0, AdamW.
 fn step(
@@ -150,16 +159,7 @@ fn step(
         let (sum, g) = model.loss_and_grads(ids, None, None, &at, &target, 1.0 / n as f32)?;
         let by_id: std::collections::HashMap<_, _> =
             g.into_iter().map(|(w, g)| (w.id(), g)).collect();
-        let g = opt
-            .vars
-            .iter()
-            .map(|(name, v)| {
-                by_id
-                    .get(&v.as_tensor().id())
-                    .cloned()
-                    .with_context(|| format!("{name} got no gradient"))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let g = in_var_order(opt, |v| by_id.get(&v.id()).cloned())?;
         let t1 = Instant::now();
         opt.clip_and_step(&g, 1.0, 1e-5)?;
         let t2 = Instant::now();
@@ -176,16 +176,7 @@ fn step(
     let value = f64::from(loss.to_scalar::<f32>()?);
     let t1 = Instant::now();
     let grads = loss.backward()?;
-    let g = opt
-        .vars
-        .iter()
-        .map(|(n, v)| {
-            grads
-                .get(v.as_tensor())
-                .cloned()
-                .with_context(|| format!("{n} got no gradient"))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let g = in_var_order(opt, |v| grads.get(v).cloned())?;
     let t2 = Instant::now();
     opt.clip_and_step(&g, 1.0, 1e-5)?;
     let t3 = Instant::now();

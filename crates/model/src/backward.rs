@@ -708,7 +708,7 @@ impl Llama {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llama::tests::tiny;
+    use crate::llama::tests::{lora_model, tiny};
     use crate::llama::{nll, packed_mask, packed_positions};
 
     /// Loss and every gradient of the hand-written pass against candle's autograd through the
@@ -757,9 +757,8 @@ mod tests {
                 .expect("a gradient for every trained tensor")
                 .1;
             let want = g.get(w).expect("autograd gradient");
-            let max = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>();
-            let diff = max(&(got - want).unwrap()).unwrap();
-            let size = max(want).unwrap();
+            let diff = crate::test_util::max_abs_diff(got, want);
+            let size = crate::test_util::max_abs(want);
             assert!(
                 diff <= 1e-5 * size.max(1e-3),
                 "{:?}: {diff} of {size}",
@@ -786,41 +785,9 @@ mod tests {
     /// untied output): gradients for exactly the adapters and the rows.
     #[test]
     fn hand_backward_matches_autograd_for_lora() {
-        use crate::llama::{LoraPair, TokenRows};
         use crate::names::LayerWeight;
-        use candle_core::Var;
         for tied in [true, false] {
-            let (mut model, _) = tiny(tied, 2, 2);
-            model.freeze();
-            let dev = Device::Cpu;
-            let var = |shape: (usize, usize)| {
-                Var::from_tensor(&Tensor::randn(0f32, 0.1, shape, &dev).unwrap()).unwrap()
-            };
-            let (a0, b0) = (var((4, 16)), var((16, 4)));
-            let (a1, b1) = (var((4, 24)), var((16, 4)));
-            for (layer, which, a, b) in [
-                (0, LayerWeight::Q, &a0, &b0),
-                (1, LayerWeight::Down, &a1, &b1),
-            ] {
-                let pair = LoraPair {
-                    a: a.as_tensor().clone(),
-                    b: b.as_tensor().clone(),
-                    scale: 2.0,
-                };
-                model.set_lora(layer, which, pair).unwrap();
-            }
-            let (embed_rows, head_rows) = (var((2, 16)), var((2, 16)));
-            model
-                .set_token_rows(TokenRows {
-                    ids: vec![5, 38],
-                    embed: embed_rows.as_tensor().clone(),
-                    head: (!tied).then(|| head_rows.as_tensor().clone()),
-                })
-                .unwrap();
-            let mut trained = vec![&a0, &b0, &a1, &b1, &embed_rows];
-            if !tied {
-                trained.push(&head_rows);
-            }
+            let (model, trained) = lora_model(tied, &[(0, LayerWeight::Q), (1, LayerWeight::Down)]);
             let trained: Vec<Tensor> = trained.iter().map(|v| v.as_tensor().clone()).collect();
             check_against_autograd(&model, &trained);
         }

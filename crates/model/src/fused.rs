@@ -1221,22 +1221,7 @@ mod tests {
 
     /// Largest |a - b| relative to the largest |b|.
     fn rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let s = b
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        d / s.max(1e-30)
+        crate::test_util::max_abs_diff(a, b) / crate::test_util::max_abs(b).max(1e-30)
     }
 
     fn randn(shape: &[usize], seed: u64) -> Var {

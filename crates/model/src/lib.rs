@@ -29,6 +29,26 @@ mod st;
 pub mod tokenizer;
 pub mod vmath;
 
+#[cfg(test)]
+pub(crate) mod test_util {
+    use candle_core::Tensor;
+
+    /// The largest absolute value of a tensor.
+    pub(crate) fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// The largest absolute difference between two tensors of one shape.
+    pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        max_abs(&(a - b).unwrap())
+    }
+}
+
 pub use checkpoint::{Checkpoint, GgufCheckpoint, HfCheckpoint};
 pub use config::{Architecture, ModelConfig};
 pub use llama::Llama;

@@ -705,6 +705,44 @@ pub(crate) mod tests {
         (model, vars)
     }
 
+    /// [`tiny`] (2 layers, 2 key/value heads) frozen, with a LoRA pair (rank 4, scale 2) on each
+    /// of `adapters` and trainable rows for tokens 5 and 38 (and output rows when untied); the
+    /// variables that train: each pair's A and B, the embedding rows, the output rows.
+    pub(crate) fn lora_model(tied: bool, adapters: &[(usize, LayerWeight)]) -> (Llama, Vec<Var>) {
+        let (mut model, _) = tiny(tied, 2, 2);
+        model.freeze();
+        let dev = Device::Cpu;
+        let var = |shape: (usize, usize)| {
+            Var::from_tensor(&Tensor::randn(0f32, 0.1, shape, &dev).unwrap()).unwrap()
+        };
+        let mut trained = Vec::new();
+        for &(layer, which) in adapters {
+            let p = model.layers[layer].proj_mut(which).unwrap();
+            let (out, inp) = p.w.dims2().unwrap();
+            let (a, b) = (var((4, inp)), var((out, 4)));
+            let pair = LoraPair {
+                a: a.as_tensor().clone(),
+                b: b.as_tensor().clone(),
+                scale: 2.0,
+            };
+            model.set_lora(layer, which, pair).unwrap();
+            trained.extend([a, b]);
+        }
+        let (embed_rows, head_rows) = (var((2, 16)), var((2, 16)));
+        model
+            .set_token_rows(TokenRows {
+                ids: vec![5, 38],
+                embed: embed_rows.as_tensor().clone(),
+                head: (!tied).then(|| head_rows.as_tensor().clone()),
+            })
+            .unwrap();
+        trained.push(embed_rows);
+        if !tied {
+            trained.push(head_rows);
+        }
+        (model, trained)
+    }
+
     use super::*;
 
     #[test]
@@ -738,32 +776,8 @@ pub(crate) mod tests {
     #[test]
     fn frozen_weights_get_no_gradient() {
         for tied in [true, false] {
-            let (mut model, _) = tiny(tied, 2, 2);
+            let (model, trained) = lora_model(tied, &[(1, LayerWeight::Q)]);
             let dev = Device::Cpu;
-            model.freeze();
-            let var = |shape: (usize, usize)| {
-                Var::from_tensor(&Tensor::randn(0f32, 0.1, shape, &dev).unwrap()).unwrap()
-            };
-            let (a, b) = (var((4, 16)), var((16, 4)));
-            model
-                .set_lora(
-                    1,
-                    LayerWeight::Q,
-                    LoraPair {
-                        a: a.as_tensor().clone(),
-                        b: b.as_tensor().clone(),
-                        scale: 2.0,
-                    },
-                )
-                .unwrap();
-            let (embed_rows, head_rows) = (var((2, 16)), var((2, 16)));
-            model
-                .set_token_rows(TokenRows {
-                    ids: vec![5, 38],
-                    embed: embed_rows.as_tensor().clone(),
-                    head: (!tied).then(|| head_rows.as_tensor().clone()),
-                })
-                .unwrap();
             let ids = Tensor::new(&[[5u32, 1, 38, 7, 5, 2]], &dev).unwrap();
             let logits = model.forward(&ids, None, None).unwrap();
             let targets = Tensor::new(&[1u32, 38, 7, 5, 2, 3], &dev).unwrap();
@@ -772,11 +786,8 @@ pub(crate) mod tests {
                 .sum_all()
                 .unwrap();
             let g = loss.backward().unwrap();
-            let mut trained = vec![&a, &b, &embed_rows];
-            if !tied {
-                trained.push(&head_rows);
-            }
-            for v in trained {
+            assert_eq!(trained.len(), 2 + 1 + usize::from(!tied));
+            for v in &trained {
                 assert!(g.get(v.as_tensor()).is_some());
             }
             let mut frozen = vec![&model.embed, &model.norm];

@@ -513,7 +513,8 @@ impl Trainer {
             .collect();
         for chunk in rows.chunks(self.cfg.micro_batch) {
             let rs: Vec<&Row> = chunk.iter().map(|&r| &self.data.rows[r]).collect();
-            if hand {
+            // The micro-batch's loss sum and its gradients, in the optimizer's order.
+            let (sum, chunk_grads): (f64, Vec<Option<Tensor>>) = if hand {
                 let (ids, pos, mask, at, target) = self.batch(&rs)?;
                 if at.is_empty() {
                     continue;
@@ -527,28 +528,33 @@ impl Trainer {
                     &target,
                     scale,
                 )?;
-                total += f64::from(sum);
+                let mut ordered = vec![None; grads.len()];
                 for (w, gw) in g {
                     if let Some(&i) = slot_of.get(&w.id()) {
-                        grads[i] = Some(match grads[i].take() {
-                            Some(acc) => (acc + gw)?,
-                            None => gw,
-                        });
+                        ordered[i] = Some(gw);
                     }
                 }
-                continue;
-            }
-            let Some(sum) = self.loss_sum(&rs)? else {
-                continue;
+                (f64::from(sum), ordered)
+            } else {
+                let Some(sum) = self.loss_sum(&rs)? else {
+                    continue;
+                };
+                let value = f64::from(sum.to_scalar::<f32>()?);
+                let g = (sum / n_target as f64)?.backward()?;
+                let ordered = self
+                    .opt
+                    .vars
+                    .iter()
+                    .map(|(_, v)| g.get(v.as_tensor()).cloned())
+                    .collect();
+                (value, ordered)
             };
-            total += f64::from(sum.to_scalar::<f32>()?);
-            let scaled = (sum / n_target as f64)?;
-            let g = scaled.backward()?;
-            for (slot, (_, var)) in grads.iter_mut().zip(&self.opt.vars) {
-                if let Some(gv) = g.get(var.as_tensor()) {
+            total += sum;
+            for (slot, gv) in grads.iter_mut().zip(chunk_grads) {
+                if let Some(gv) = gv {
                     *slot = Some(match slot.take() {
                         Some(acc) => (acc + gv)?,
-                        None => gv.clone(),
+                        None => gv,
                     });
                 }
             }
