@@ -17,8 +17,10 @@
 //!   straight into `vpmaddubsw` (unsigned × signed), and the activation block sums are
 //!   computed once. 4-bit formats stay nibbles (`Q4_0`, `Q4_1`, `Q4_K`); 5-bit ones (`Q5_0`,
 //!   `Q5_1`, `Q5_K`) are nibbles plus a plane of fifth bits, spread back into bytes with one
-//!   shuffle and a compare per 32 values; 6-bit `Q6_K` is stored as bytes. Scales are f16 where the file's are, f32 for the K formats' products of
-//!   super-block and sub-block scales; `Q6_K` has two scales per 32 weights.
+//!   shuffle and a compare per 32 values; 6-bit `Q6_K` is nibbles plus two such planes (7 bits
+//!   a weight with its scales, against 6.56 in the file). Scales are f16,
+//!   the K formats' products of super-block and sub-block scales rounded to it (f32 only if
+//!   one overflows f16); `Q6_K` has two scales per 32 weights.
 //!
 //! Work is split over candle's own thread pool (the one its other CPU kernels use), by groups
 //! of 8 rows; with several activation rows (prefill, batched decode) each group is applied to
@@ -59,8 +61,8 @@ impl Format {
     /// Bytes of quantized values per row per block.
     fn qbytes(self) -> usize {
         match self {
-            Format::Unsigned(s) if s.bits <= 5 => QK / 2,
-            _ => QK,
+            Format::Unsigned(_) => QK / 2,
+            Format::Q8_0 => QK,
         }
     }
 
@@ -75,37 +77,83 @@ impl Format {
 
 /// Block scales or offsets, `[n/8][k/32][per block][8]`.
 enum Scales {
+    /// f16 values.
     F16(Vec<f16>),
-    F32(Vec<f32>),
+    /// The K formats: 8-bit factors `sub` (`[n/8][k/32][per block][8]`) times f16 super-block
+    /// factors `sup` (`[n/8][k/256][8]`), multiplied in the kernel (exact in f32).
+    Super { sup: Vec<f16>, sub: Vec<i8> },
 }
 
 impl Scales {
-    fn new(f32_scales: bool, len: usize) -> Scales {
-        if f32_scales {
-            Scales::F32(vec![0.0; len])
+    /// `len` values; for super-block scales, with `supers` super-block factors.
+    fn new(super_scales: bool, len: usize, supers: usize) -> Scales {
+        if super_scales {
+            Scales::Super {
+                sup: vec![f16::ZERO; supers],
+                sub: vec![0; len],
+            }
         } else {
             Scales::F16(vec![f16::ZERO; len])
         }
     }
 
+    /// Value `i` (f16 scales).
     fn set(&mut self, i: usize, v: f32) {
-        match self {
-            Scales::F16(s) => s[i] = f16::from_f32(v),
-            Scales::F32(s) => s[i] = v,
+        if let Scales::F16(s) = self {
+            s[i] = f16::from_f32(v);
+        }
+    }
+
+    /// Factor `i` and its super-block factor `j` (super-block scales).
+    fn set_factors(&mut self, i: usize, sub_factor: i8, j: usize, sup_factor: f16) {
+        if let Scales::Super { sup, sub } = self {
+            sub[i] = sub_factor;
+            sup[j] = sup_factor;
         }
     }
 
     fn bytes(&self) -> usize {
         match self {
             Scales::F16(s) => s.len() * 2,
-            Scales::F32(s) => s.len() * 4,
+            Scales::Super { sup, sub } => sup.len() * 2 + sub.len(),
         }
     }
 
-    fn ptr(&self) -> *const u8 {
+    /// The kernels' view: the values (or sub-block factors) and the super-block factors.
+    fn ptrs(&self) -> (*const u8, *const f16) {
         match self {
-            Scales::F16(s) => s.as_ptr() as *const u8,
-            Scales::F32(s) => s.as_ptr() as *const u8,
+            Scales::F16(s) => (s.as_ptr() as *const u8, std::ptr::null()),
+            Scales::Super { sup, sub } => (sub.as_ptr() as *const u8, sup.as_ptr()),
+        }
+    }
+
+    /// The same scales of stacked matrices (`None` unless all are of one kind).
+    fn stack(all: &[&Scales]) -> Option<Scales> {
+        match all.first()? {
+            Scales::F16(_) => {
+                let parts: Option<Vec<&[f16]>> = all
+                    .iter()
+                    .map(|s| match s {
+                        Scales::F16(v) => Some(v.as_slice()),
+                        Scales::Super { .. } => None,
+                    })
+                    .collect();
+                Some(Scales::F16(parts?.concat()))
+            }
+            Scales::Super { .. } => {
+                let parts: Option<Vec<(&[f16], &[i8])>> = all
+                    .iter()
+                    .map(|s| match s {
+                        Scales::Super { sup, sub } => Some((sup.as_slice(), sub.as_slice())),
+                        Scales::F16(_) => None,
+                    })
+                    .collect();
+                let parts = parts?;
+                Some(Scales::Super {
+                    sup: parts.iter().map(|p| p.0).collect::<Vec<_>>().concat(),
+                    sub: parts.iter().map(|p| p.1).collect::<Vec<_>>().concat(),
+                })
+            }
         }
     }
 }
@@ -123,8 +171,9 @@ pub(crate) struct Packed {
     quants: Vec<u8>,
     /// Bytes of the ggml blocks the matrix was repacked from.
     source_bytes: usize,
-    /// 5-bit formats: `[n/8][k/32][8]` fifth bits; byte `c` of a row's word holds those of
-    /// quant bytes `4c..4c+4` (bits 0-3: their low nibbles' weights, bits 4-7: their high).
+    /// 5- and 6-bit formats: `[n/8][k/32][bits − 4][8]` planes of the bits above the nibble
+    /// (plane `p`: bit `4 + p`); byte `c` of a row's word holds those of quant bytes `4c..4c+4`
+    /// (bits 0-3: their low nibbles' weights, bits 4-7: their high).
     high: Vec<u32>,
 }
 
@@ -205,10 +254,15 @@ impl Packed {
         }
         let format = Format::Unsigned(spec);
         let (kb, qb, ns) = (k / QK, format.qbytes(), format.scales());
-        let mut scales = Scales::new(spec.f32_scales, n * kb * ns);
-        let mut offsets = spec.offset.then(|| Scales::new(spec.f32_scales, n * kb));
+        // Super-block factors (K formats): one per 8 blocks and row.
+        let supers = n * kb / 8;
+        let mut scales = Scales::new(spec.super_scales, n * kb * ns, supers);
+        let mut offsets = spec
+            .offset
+            .then(|| Scales::new(spec.super_scales, n * kb, supers));
         let mut quants = vec![0u8; n * kb * qb];
-        let mut high = vec![0u32; if spec.bits == 5 { n * kb } else { 0 }];
+        let planes = spec.bits as usize - 4;
+        let mut high = vec![0u32; n * kb * planes];
         let mut blocks = Vec::with_capacity(kb);
         for row in 0..n {
             let (g, r) = (row / GROUP, row % GROUP);
@@ -218,31 +272,44 @@ impl Packed {
             }
             for (b, blk) in blocks.iter().enumerate() {
                 let gb = g * kb + b;
-                for s in 0..ns {
-                    scales.set((gb * ns + s) * GROUP + r, blk.d[s]);
+                // The super-block of 8 blocks this one belongs to (K formats).
+                let sb = (gb / 8) * GROUP + r;
+                match (spec.super_scales, blk.factors) {
+                    (true, Some(f)) => {
+                        for s in 0..ns {
+                            scales.set_factors((gb * ns + s) * GROUP + r, f.sub[s], sb, f.sup_d);
+                        }
+                        if let Some(o) = offsets.as_mut() {
+                            o.set_factors(gb * GROUP + r, f.sub_m, sb, f.sup_m);
+                        }
+                    }
+                    (false, _) => {
+                        for s in 0..ns {
+                            scales.set((gb * ns + s) * GROUP + r, blk.d[s]);
+                        }
+                        if let Some(o) = offsets.as_mut() {
+                            let m = if fold { -zero * blk.d[0] } else { blk.m };
+                            if !f16::from_f32(m).is_finite() {
+                                return None;
+                            }
+                            o.set(gb * GROUP + r, m);
+                        }
+                    }
+                    (true, None) => return None,
                 }
-                if let Some(o) = offsets.as_mut() {
-                    let m = if fold { -zero * blk.d[0] } else { blk.m };
-                    if !spec.f32_scales && !f16::from_f32(m).is_finite() {
-                        return None;
+                let mut bytes = [0u8; QK / 2];
+                let mut h = [0u32; 2];
+                for (j, byte) in bytes.iter_mut().enumerate() {
+                    let (a, b) = (blk.q[j], blk.q[j + QK / 2]);
+                    *byte = (a & 15) | ((b & 15) << 4);
+                    let (c, l) = (j / 4, j % 4);
+                    for (p, h) in h.iter_mut().enumerate().take(planes) {
+                        *h |= (((a >> (4 + p)) & 1) as u32) << (8 * c + l);
+                        *h |= (((b >> (4 + p)) & 1) as u32) << (8 * c + 4 + l);
                     }
-                    o.set(gb * GROUP + r, m);
                 }
-                let mut bytes = [0u8; QK];
-                if spec.bits <= 5 {
-                    let mut h = 0u32;
-                    for (j, byte) in bytes.iter_mut().take(QK / 2).enumerate() {
-                        let (a, b) = (blk.q[j], blk.q[j + QK / 2]);
-                        *byte = (a & 15) | ((b & 15) << 4);
-                        let (c, l) = (j / 4, j % 4);
-                        h |= (((a >> 4) & 1) as u32) << (8 * c + l);
-                        h |= (((b >> 4) & 1) as u32) << (8 * c + 4 + l);
-                    }
-                    if spec.bits == 5 {
-                        high[gb * GROUP + r] = h;
-                    }
-                } else {
-                    bytes = blk.q;
+                for (p, &h) in h.iter().enumerate().take(planes) {
+                    high[(gb * planes + p) * GROUP + r] = h;
                 }
                 for c in 0..qb / 4 {
                     let dst = gb * GROUP * qb + (c * GROUP + r) * 4;
@@ -303,49 +370,33 @@ impl Packed {
         let same = |p: &&Packed| {
             p.format == first.format
                 && p.k == first.k
-                && matches!(
-                    (&p.scales, &first.scales),
-                    (Scales::F16(_), Scales::F16(_)) | (Scales::F32(_), Scales::F32(_))
-                )
                 && p.offsets.is_some() == first.offsets.is_some()
         };
         if !parts.iter().all(same) {
             return None;
         }
-        fn cat<'a, T: Copy + 'a>(parts: impl Iterator<Item = &'a [T]> + Clone) -> Vec<T> {
-            let mut all = Vec::with_capacity(parts.clone().map(|p| p.len()).sum());
-            for p in parts {
-                all.extend_from_slice(p);
-            }
-            all
-        }
-        fn f16s(s: &Scales) -> &[f16] {
-            match s {
-                Scales::F16(v) => v,
-                Scales::F32(_) => &[],
-            }
-        }
-        fn f32s(s: &Scales) -> &[f32] {
-            match s {
-                Scales::F32(v) => v,
-                Scales::F16(_) => &[],
-            }
-        }
-        // Every part's scales have the first's precision (checked above).
-        let stack_scales = |all: Vec<&Scales>| match all.first() {
-            Some(Scales::F16(_)) => Some(Scales::F16(cat(all.into_iter().map(f16s)))),
-            Some(Scales::F32(_)) => Some(Scales::F32(cat(all.into_iter().map(f32s)))),
-            None => None,
-        };
+        let scales: Vec<&Scales> = parts.iter().map(|p| &p.scales).collect();
+        let offsets: Vec<&Scales> = parts.iter().filter_map(|p| p.offsets.as_ref()).collect();
         Some(Packed {
             format: first.format,
             n: parts.iter().map(|p| p.n).sum(),
             k: first.k,
-            scales: stack_scales(parts.iter().map(|p| &p.scales).collect())?,
-            offsets: stack_scales(parts.iter().filter_map(|p| p.offsets.as_ref()).collect()),
-            quants: cat(parts.iter().map(|p| p.quants.as_slice())),
+            scales: Scales::stack(&scales)?,
+            offsets: match offsets.is_empty() {
+                true => None,
+                false => Some(Scales::stack(&offsets)?),
+            },
+            quants: parts
+                .iter()
+                .map(|p| p.quants.as_slice())
+                .collect::<Vec<_>>()
+                .concat(),
             source_bytes: parts.iter().map(|p| p.source_bytes).sum(),
-            high: cat(parts.iter().map(|p| p.high.as_slice())),
+            high: parts
+                .iter()
+                .map(|p| p.high.as_slice())
+                .collect::<Vec<_>>()
+                .concat(),
         })
     }
 
@@ -355,7 +406,7 @@ impl Packed {
     }
 
     /// Bytes of the repacked matrix (what a product reads; more than the file's blocks for the
-    /// K formats, whose scales are stored expanded).
+    /// K formats, whose scales are stored per 32 weights, and `Q6_K`, stored as bytes).
     pub(crate) fn bytes(&self) -> usize {
         self.scales.bytes()
             + self.offsets.as_ref().map_or(0, Scales::bytes)
@@ -455,7 +506,7 @@ impl Packed {
         unsafe {
             match self.format {
                 Format::Q8_0 => kernel4!(q8_0, q8_0_vnni),
-                Format::Unsigned(s) => match (s.bits, s.halves, s.offset, s.f32_scales) {
+                Format::Unsigned(s) => match (s.bits, s.halves, s.offset, s.super_scales) {
                     (4, false, false, false) => {
                         kernel!(unsigned, unsigned_vnni, 4, false, false, false)
                     }
@@ -615,14 +666,30 @@ mod x86 {
         }
     }
 
-    /// 8 scales (one per row of the group) at index `i` (in units of 8).
+    /// `v` in the bytes of `hb` that have every bit of `mask` set, 0 in the others.
     #[inline(always)]
-    unsafe fn scales8<const F32: bool>(p: *const u8, i: usize) -> __m256 {
+    unsafe fn bits(hb: __m256i, mask: __m256i, v: __m256i) -> __m256i {
+        unsafe { _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, mask), mask), v) }
+    }
+
+    /// 8 scales (one per row of the group) at index `i` (in units of 8) of [`Scales::ptrs`]:
+    /// f16 values, or (`SUPER`) 8-bit factors times the super-block factors at index `j`.
+    #[inline(always)]
+    unsafe fn scales8<const SUPER: bool>(
+        p: (*const u8, *const half::f16),
+        i: usize,
+        j: usize,
+    ) -> __m256 {
         unsafe {
-            if F32 {
-                _mm256_loadu_ps((p as *const f32).add(8 * i))
+            if SUPER {
+                let sub = _mm_loadl_epi64(p.0.add(8 * i) as *const __m128i);
+                let sup = _mm_loadu_si128((p.1 as *const __m128i).add(j));
+                _mm256_mul_ps(
+                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sub)),
+                    _mm256_cvtph_ps(sup),
+                )
             } else {
-                _mm256_cvtph_ps(_mm_loadu_si128((p as *const __m128i).add(i)))
+                _mm256_cvtph_ps(_mm_loadu_si128((p.0 as *const __m128i).add(i)))
             }
         }
     }
@@ -658,9 +725,9 @@ mod x86 {
         m
     };
 
-    /// Formats decoded to unsigned values of `BITS` bits (4: nibbles, 5: nibbles and fifth
-    /// bits, 6: bytes), `HALVES` two scales per block, `OFF` block offsets, `F32` f32 scales
-    /// (else f16); `VNNI`: integer dot products with `vpdpbusd`.
+    /// Formats decoded to unsigned values of `BITS` bits (4: nibbles, 5 and 6: nibbles and
+    /// planes of the bits above), `HALVES` two scales per block, `OFF` block offsets, `SUPER`
+    /// super-block scales (else f16); `VNNI`: integer dot products with `vpdpbusd`.
     ///
     /// Every row keeps two integer accumulators per block (the halves' for `HALVES`, else
     /// alternate steps'), so that no chain of dependent multiply-adds is longer than 4.
@@ -670,7 +737,7 @@ mod x86 {
         const BITS: u8,
         const HALVES: bool,
         const OFF: bool,
-        const F32: bool,
+        const SUPER: bool,
         const VNNI: bool,
     >(
         p: &Packed,
@@ -684,41 +751,54 @@ mod x86 {
         };
         let kb = act.kb;
         let ns = if HALVES { 2 } else { 1 };
-        let qb = if BITS <= 5 { QK / 2 } else { QK };
+        let qb = QK / 2;
         let low = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
         let zero = spec.zero;
         let mut acc = [_mm256_setzero_ps(); R];
         unsafe {
-            let sc = p.scales.ptr();
-            let off = p.offsets.as_ref().map_or(std::ptr::null(), |o| o.ptr());
+            let sc = p.scales.ptrs();
+            let off = p
+                .offsets
+                .as_ref()
+                .map_or((std::ptr::null(), std::ptr::null()), |o| o.ptrs());
             let qs = p.quants.as_ptr().add(g * kb * GROUP * qb) as *const __m256i;
             for b in 0..kb {
                 let gb = g * kb + b;
                 let y = ActBlock::new(act, r0, b);
                 // Integer dot products per row lane: [R][2].
                 let mut dots = [[_mm256_setzero_si256(); 2]; R];
-                if BITS == 5 {
-                    let hv = _mm256_loadu_si256(p.high.as_ptr().add(gb * GROUP) as *const __m256i);
+                if BITS >= 5 {
+                    // The planes of bits 4 (and 5), one word per row; each spread over the
+                    // bytes of its 4-value chunk and turned into 0x10 (0x20) per set bit.
+                    let planes = BITS as usize - 4;
+                    let hp = p.high.as_ptr().add(gb * planes * GROUP) as *const __m256i;
+                    let hv = [
+                        _mm256_loadu_si256(hp),
+                        if BITS == 6 {
+                            _mm256_loadu_si256(hp.add(1))
+                        } else {
+                            _mm256_setzero_si256()
+                        },
+                    ];
                     let (m_lo, m_hi) = (
                         _mm256_set1_epi32(0x0804_0201),
                         _mm256_set1_epi32(0x8040_2010u32 as i32),
                     );
-                    let five = _mm256_set1_epi8(0x10);
+                    let value = [_mm256_set1_epi8(0x10), _mm256_set1_epi8(0x20)];
                     for (c, spread) in SPREAD.iter().enumerate() {
                         let v = _mm256_loadu_si256(qs.add(b * 4 + c));
-                        let hb = _mm256_shuffle_epi8(
-                            hv,
-                            _mm256_loadu_si256(spread.as_ptr() as *const __m256i),
-                        );
-                        let bit_lo = _mm256_and_si256(
-                            _mm256_cmpeq_epi8(_mm256_and_si256(hb, m_lo), m_lo),
-                            five,
-                        );
-                        let bit_hi = _mm256_and_si256(
-                            _mm256_cmpeq_epi8(_mm256_and_si256(hb, m_hi), m_hi),
-                            five,
-                        );
+                        let spread = _mm256_loadu_si256(spread.as_ptr() as *const __m256i);
+                        let hb = _mm256_shuffle_epi8(hv[0], spread);
+                        let mut bit_lo = bits(hb, m_lo, value[0]);
+                        let mut bit_hi = bits(hb, m_hi, value[0]);
+                        if BITS == 6 {
+                            let hb = _mm256_shuffle_epi8(hv[1], spread);
+                            bit_lo = _mm256_or_si256(bit_lo, bits(hb, m_lo, value[1]));
+                            bit_hi = _mm256_or_si256(bit_hi, bits(hb, m_hi, value[1]));
+                        }
+                        // Low nibbles are the block's weights 0..16, high ones 16..32: the two
+                        // halves of `HALVES` formats.
                         let lo = _mm256_or_si256(_mm256_and_si256(v, low), bit_lo);
                         let hi =
                             _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), bit_hi);
@@ -727,6 +807,10 @@ mod x86 {
                             if VNNI {
                                 d[0] = dot4::<true>(d[0], lo, ylo);
                                 d[1] = dot4::<true>(d[1], hi, yhi);
+                            } else if HALVES || BITS == 6 {
+                                // Two products of at most 63·127 per i16 lane: no overflow.
+                                d[0] = dot4::<false>(d[0], lo, ylo);
+                                d[1] = dot4::<false>(d[1], hi, yhi);
                             } else {
                                 // 4 products of at most 31·127 per i16 lane: no overflow.
                                 let s = _mm256_add_epi16(
@@ -763,24 +847,17 @@ mod x86 {
                     for r in 0..R {
                         dots[r][0] = _mm256_madd_epi16(isum[r], ones);
                     }
-                } else {
-                    for c in 0..8 {
-                        let v = _mm256_loadu_si256(qs.add(b * 8 + c));
-                        let h = if HALVES { c / 4 } else { c % 2 };
-                        for (r, d) in dots.iter_mut().enumerate() {
-                            // Two products of at most 63·127 per i16 lane: no overflow.
-                            d[h] = dot4::<VNNI>(d[h], v, y.y(r, 4 * c));
-                        }
-                    }
                 }
-                let d0 = scales8::<F32>(sc, gb * ns);
+                // The block's super-block (K formats: 8 blocks).
+                let sb = gb / 8;
+                let d0 = scales8::<SUPER>(sc, gb * ns, sb);
                 let d1 = if HALVES {
-                    scales8::<F32>(sc, gb * ns + 1)
+                    scales8::<SUPER>(sc, gb * ns + 1, sb)
                 } else {
                     d0
                 };
                 let m = if OFF {
-                    scales8::<F32>(off, gb)
+                    scales8::<SUPER>(off, gb, sb)
                 } else {
                     _mm256_setzero_ps()
                 };
@@ -828,11 +905,11 @@ mod x86 {
         let kb = act.kb;
         let mut acc = [_mm256_setzero_ps(); R];
         unsafe {
-            let sc = p.scales.ptr();
+            let sc = p.scales.ptrs();
             let qs = p.quants.as_ptr().add(g * kb * GROUP * 32) as *const __m256i;
             for b in 0..kb {
                 let y = ActBlock::new(act, r0, b);
-                let d = scales8::<false>(sc, g * kb + b);
+                let d = scales8::<false>(sc, g * kb + b, 0);
                 let mut isum = [[_mm256_setzero_si256(); 2]; R];
                 for c in 0..8 {
                     let v = _mm256_loadu_si256(qs.add(b * 8 + c));
@@ -865,7 +942,7 @@ mod x86 {
                 const BITS: u8,
                 const HALVES: bool,
                 const OFF: bool,
-                const F32: bool,
+                const SUPER: bool,
             >(
                 p: &Packed,
                 g: usize,
@@ -873,7 +950,7 @@ mod x86 {
                 act: &Act,
                 out: *mut f32,
             ) {
-                unsafe { unsigned_body::<R, BITS, HALVES, OFF, F32, $vnni>(p, g, r0, act, out) }
+                unsafe { unsigned_body::<R, BITS, HALVES, OFF, SUPER, $vnni>(p, g, r0, act, out) }
             }
 
             #[target_feature(enable = $features)]
@@ -1024,9 +1101,14 @@ mod tests {
         let packed = Packed::from_qtensor(&q).unwrap().expect("packable");
         // The bandwidth bound counts the file's bytes, not our (larger for K formats) repack.
         assert_eq!(packed.source_bytes(), q.data().unwrap().len());
+        // And ours about as many: at most the f16 offsets a zero point is folded into (2 bytes
+        // per 32 weights) and, for the K formats, 8-bit block scales instead of 6-bit ones.
         assert!(
-            packed.bytes() >= packed.source_bytes() * 9 / 10,
-            "{dtype:?}"
+            packed.bytes() >= packed.source_bytes()
+                && packed.bytes() <= packed.source_bytes() + n * k / 16,
+            "{dtype:?}: {} bytes from {}",
+            packed.bytes(),
+            packed.source_bytes()
         );
         let ours = x.apply_op1_no_bwd(&packed).unwrap();
         let ours = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();

@@ -4,7 +4,8 @@
 //! `d·(q − z) + m`: a scale `d` (two, one per 16 weights, for `Q6_K`), a zero point `z` fixed by
 //! the format and an optional offset `m`. The super-block formats (`Q4_K`, `Q5_K`, `Q6_K`, 256
 //! weights) carry 6- or 8-bit sub-block scales times an f16 super-scale; their products are
-//! exact in f32 (11 × 8 bits), so the decoded form loses nothing. Layouts as in ggml's
+//! exact in f32 (11 × 8 bits), so the decoded form loses nothing, and blocks keep the two
+//! factors too ([`Factors`]), which is how the kernels store them. Layouts as in ggml's
 //! `ggml-common.h` / `dequantize_row_*`.
 
 use candle_core::quantized::GgmlDType;
@@ -16,8 +17,8 @@ pub(crate) const QK: usize = 32;
 /// How a format's decoded blocks are stored and multiplied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Spec {
-    /// Bits per value: 4 (stored as nibbles), 5 (nibbles and a plane of fifth bits) or 6
-    /// (stored as bytes).
+    /// Bits per value: 4 (stored as nibbles), 5 or 6 (nibbles and one or two planes of the
+    /// bits above).
     pub bits: u8,
     /// The zero point `z`.
     pub zero: i32,
@@ -25,8 +26,10 @@ pub(crate) struct Spec {
     pub halves: bool,
     /// Whether blocks have an offset `m`.
     pub offset: bool,
-    /// Scales (and offsets) need f32; otherwise they are f16 values, stored as such.
-    pub f32_scales: bool,
+    /// Scales (and offsets) are an f16 super-block factor per 256 weights times 8-bit
+    /// sub-block factors (the K formats, whose blocks carry [`Factors`]); otherwise they are
+    /// f16 values.
+    pub super_scales: bool,
 }
 
 /// One block of 32 weights: `w[l] = d[l/16]·(q[l] − zero) + m`.
@@ -35,16 +38,28 @@ pub(crate) struct Block {
     pub q: [u8; QK],
     pub d: [f32; 2],
     pub m: f32,
+    /// The K formats: the factors of `d` and `m`.
+    pub factors: Option<Factors>,
+}
+
+/// `d[h] = sup_d · sub[h]` and `m = sup_m · sub_m`: an f16 factor of the 256-weight super-block
+/// times an 8-bit one of the block (or half block). Both products are exact in f32.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Factors {
+    pub sup_d: f16,
+    pub sub: [i8; 2],
+    pub sup_m: f16,
+    pub sub_m: i8,
 }
 
 /// The ggml formats we decode, with their block sizes in weights and bytes.
 pub(crate) fn spec(t: GgmlDType) -> Option<(Spec, usize, usize)> {
-    let s = |bits, zero, halves, offset, f32_scales| Spec {
+    let s = |bits, zero, halves, offset, super_scales| Spec {
         bits,
         zero,
         halves,
         offset,
-        f32_scales,
+        super_scales,
     };
     Some(match t {
         GgmlDType::Q4_0 => (s(4, 8, false, false, false), 32, 18),
@@ -59,7 +74,11 @@ pub(crate) fn spec(t: GgmlDType) -> Option<(Spec, usize, usize)> {
 }
 
 fn h(b: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+    hh(b, at).to_f32()
+}
+
+fn hh(b: &[u8], at: usize) -> f16 {
+    f16::from_le_bytes([b[at], b[at + 1]])
 }
 
 /// `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` (0..8) of a `Q4_K`/`Q5_K`
@@ -76,7 +95,23 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
 }
 
 fn block(q: [u8; QK], d0: f32, d1: f32, m: f32) -> Block {
-    Block { q, d: [d0, d1], m }
+    Block {
+        q,
+        d: [d0, d1],
+        m,
+        factors: None,
+    }
+}
+
+/// A K-format block from its factors.
+fn factored(q: [u8; QK], f: Factors) -> Block {
+    let (d, m) = (f.sup_d.to_f32(), f.sup_m.to_f32());
+    Block {
+        q,
+        d: [d * f.sub[0] as f32, d * f.sub[1] as f32],
+        m: m * f.sub_m as f32,
+        factors: Some(f),
+    }
 }
 
 /// Decodes one ggml block (`bytes` is exactly one block of format `t`) into 32-weight blocks.
@@ -113,7 +148,7 @@ pub(crate) fn decode(t: GgmlDType, b: &[u8], out: &mut Vec<Block>) {
             out.push(block(q, d, d, m));
         }
         GgmlDType::Q4K | GgmlDType::Q5K => {
-            let (d, dmin) = (h(b, 0), h(b, 2));
+            let (d, dmin) = (hh(b, 0), hh(b, 2));
             let scales = &b[4..16];
             let (qh, qs) = if t == GgmlDType::Q4K {
                 (None, &b[16..144])
@@ -136,14 +171,23 @@ pub(crate) fn decode(t: GgmlDType, b: &[u8], out: &mut Vec<Block>) {
                         });
                         q[l] = v | hi;
                     }
-                    let ds = d * sc as f32;
-                    out.push(block(q, ds, ds, -(dmin * mn as f32)));
+                    // 6-bit factors: they fit an i8.
+                    let (sc, mn) = (sc as i8, mn as i8);
+                    out.push(factored(
+                        q,
+                        Factors {
+                            sup_d: d,
+                            sub: [sc, sc],
+                            sup_m: -dmin,
+                            sub_m: mn,
+                        },
+                    ));
                 }
             }
         }
         GgmlDType::Q6K => {
             let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
-            let d = h(b, 208);
+            let d = hh(b, 208);
             // Weight e of the super-block: half n = e/128, quarter k = (e%128)/32, l = e%32.
             let mut all = [0u8; 256];
             for n in 0..2 {
@@ -159,9 +203,13 @@ pub(crate) fn decode(t: GgmlDType, b: &[u8], out: &mut Vec<Block>) {
             for blk in 0..8 {
                 let mut q = [0u8; QK];
                 q.copy_from_slice(&all[32 * blk..32 * blk + 32]);
-                let s0 = d * (sc[2 * blk] as i8) as f32;
-                let s1 = d * (sc[2 * blk + 1] as i8) as f32;
-                out.push(block(q, s0, s1, 0.0));
+                let f = Factors {
+                    sup_d: d,
+                    sub: [sc[2 * blk] as i8, sc[2 * blk + 1] as i8],
+                    sup_m: f16::ZERO,
+                    sub_m: 0,
+                };
+                out.push(factored(q, f));
             }
         }
         _ => {}

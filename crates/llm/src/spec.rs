@@ -207,8 +207,13 @@ impl BackendSpec {
         )
     }
 
-    /// [`BackendSpec::check_listening`] for the chat client (any kind but native).
+    /// [`BackendSpec::check_listening`] for the chat client: every kind but native talks to
+    /// `/v1/chat/completions` at the endpoint; native runs in this process, so nothing is
+    /// checked but the spec itself.
     pub fn check_chat_listening(&self) -> Result<(), BackendError> {
+        if self.kind == BackendKind::Native {
+            return self.validate();
+        }
         BackendSpec {
             kind: BackendKind::Openai,
             ..self.clone()
@@ -278,6 +283,18 @@ mod tests {
             &format!("http://{}", open.local_addr().unwrap()),
         );
         assert!(spec.check_listening().is_ok());
+        // The chat check: a chat server must listen too, but a native model runs in process
+        // (`data distill --teacher chat --backend native` once failed here).
+        let closed = format!("http://127.0.0.1:{port}");
+        for kind in [BackendKind::Tgi, BackendKind::Openai] {
+            assert!(BackendSpec::http(kind, &closed)
+                .check_chat_listening()
+                .is_err());
+        }
+        let mut native = BackendSpec::http(BackendKind::Native, &closed);
+        assert!(native.check_chat_listening().is_err(), "no --model");
+        native.model = Some("model.gguf".into());
+        assert!(native.check_chat_listening().is_ok());
     }
 
     #[test]
