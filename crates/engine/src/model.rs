@@ -458,6 +458,7 @@ impl Model {
                         let op = attention::Attend {
                             past,
                             scale: scale as f32,
+                            chunks: None,
                         };
                         qs.apply_op3_no_bwd(&kc, &vc, &op)?
                     } else {

@@ -580,10 +580,60 @@ impl Act {
     }
 }
 
+/// [`quantize_into`] with AVX2: the same values (the scale's f16 rounding and the values'
+/// rounding both to nearest even), 32 at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quantize_avx2(x: &[f32], a: &mut Act) {
-    quantize_into(x, a)
+    use std::arch::x86_64::*;
+    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    let sign = _mm256_set1_ps(-0.0);
+    // `packs` interleaves 128-bit lanes: this puts the 32 bytes back in order.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let hsum = |v: __m256i| {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01));
+        _mm_cvtsi128_si32(s)
+    };
+    for (i, (xb, qb)) in x
+        .chunks_exact(QK)
+        .zip(a.qs.chunks_exact_mut(QK))
+        .enumerate()
+    {
+        let p = xb.as_ptr();
+        let v: [__m256; 4] = std::array::from_fn(|j| _mm256_loadu_ps(p.add(8 * j)));
+        let m = _mm256_max_ps(
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+        );
+        let m = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        a.d[i] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph(
+            _mm_set_ss(d),
+            _MM_FROUND_TO_NEAREST_INT,
+        )));
+        let q: [__m256i; 4] = std::array::from_fn(|j| {
+            let r = _mm256_round_ps(_mm256_mul_ps(v[j], _mm256_set1_ps(id)), NEAREST);
+            _mm256_cvtps_epi32(r)
+        });
+        let (s0, s1) = (
+            hsum(_mm256_add_epi32(q[0], q[1])),
+            hsum(_mm256_add_epi32(q[2], q[3])),
+        );
+        let bytes = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
+        let bytes = _mm256_permutevar8x32_epi32(bytes, order);
+        _mm256_storeu_si256(qb.as_mut_ptr() as *mut __m256i, bytes);
+        a.half_sums[2 * i] = s0;
+        a.half_sums[2 * i + 1] = s1;
+        a.dsums[i] = a.d[i] * (s0 + s1) as f32;
+    }
 }
 
 #[inline(always)]
@@ -1220,6 +1270,29 @@ mod tests {
         let w = Tensor::from_vec(random(16 * 256, 3), (16, 256), &dev).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q2K).unwrap();
         assert!(Packed::from_qtensor(&q).unwrap().is_none(), "Q2_K");
+    }
+
+    #[test]
+    fn vector_quantization_equals_the_scalar_one() {
+        if !supported() {
+            eprintln!("skipped: this CPU lacks AVX2/FMA/F16C");
+            return;
+        }
+        let mut x = random(32 * 40, 11);
+        // A zero block, a block of one repeated value, halves and ties.
+        x[32..64].fill(0.0);
+        x[64..96].fill(-3.5);
+        for (i, v) in x[96..128].iter_mut().enumerate() {
+            *v = (i as f32 - 16.0) * 0.5;
+        }
+        let k = 32 * 8;
+        let vector = Act::quantize(&x, k);
+        let mut scalar = Act::quantize(&x, k);
+        quantize_into(&x, &mut scalar);
+        assert_eq!(vector.qs, scalar.qs);
+        assert_eq!(vector.d, scalar.d);
+        assert_eq!(vector.half_sums, scalar.half_sums);
+        assert_eq!(vector.dsums, scalar.dsums);
     }
 
     #[test]
