@@ -40,7 +40,7 @@ impl Sampler {
         }
     }
 
-    /// The next token given the last position's logits and the sequence so far.
+    /// The next token given the last position's logits (overwritten) and the sequence so far.
     pub fn sample(&mut self, logits: &mut [f32], context: &[u32]) -> u32 {
         if let Some(p) = self
             .params
@@ -56,51 +56,79 @@ impl Sampler {
                 }
             }
         }
-        if self.params.temperature <= 0.0 {
+        if self.params.temperature <= 0.0 || logits.is_empty() {
             return argmax(logits);
         }
-        let t = self.params.temperature;
-        let mut idx: Vec<usize> = (0..logits.len()).collect();
-        idx.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-        if let Some(k) = self.params.top_k.filter(|k| *k > 0) {
-            idx.truncate(k);
+        // The softmax's numerators e^((l − max)/t), in place.
+        let inv_t = 1.0 / self.params.temperature;
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
+        for l in logits.iter_mut() {
+            *l = (*l - max) * inv_t;
         }
-        let max = logits[idx[0]] / t;
-        let mut probs: Vec<f64> = idx
-            .iter()
-            .map(|&i| ((logits[i] / t - max) as f64).exp())
-            .collect();
-        let sum: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= sum);
-        if let Some(top_p) = self.params.top_p.filter(|p| *p > 0.0 && *p < 1.0) {
-            // Keep the smallest prefix whose mass reaches top_p.
-            let mut acc = 0.0;
-            let mut keep = probs.len();
-            for (j, p) in probs.iter().enumerate() {
-                acc += p;
-                if acc >= top_p as f64 {
-                    keep = j + 1;
-                    break;
+        let total = mathcoder_model::vmath::exp_in_place(logits, 0.0) as f64;
+        let w = &*logits;
+        let n = w.len();
+        let top_k = self.params.top_k.filter(|k| *k > 0 && *k < n);
+        let top_p = self.params.top_p.filter(|p| *p > 0.0 && *p < 1.0);
+        let Some((top_k, top_p)) = (top_k.is_some() || top_p.is_some()).then_some((top_k, top_p))
+        else {
+            // Plain temperature sampling: no order needed (a vocabulary-sized sort per token
+            // once cost more than the model's step for a 0.5B model).
+            return draw(&mut self.rng, (0..n).map(|i| (i, w[i])), total);
+        };
+        // Candidates: the largest weights (ties: the lower id first), found by selection, not a
+        // full sort: the k of top-k, or for top-p alone a growing k until its mass suffices.
+        let desc = |a: &usize, b: &usize| w[*b].total_cmp(&w[*a]).then(a.cmp(b));
+        let mut idx: Vec<usize> = (0..n).collect();
+        let mut k = top_k.unwrap_or(64.min(n));
+        loop {
+            if k < n {
+                idx.select_nth_unstable_by(k - 1, desc);
+            }
+            let mass: f64 = idx[..k].iter().map(|&i| w[i] as f64).sum();
+            match top_p {
+                Some(p) if top_k.is_none() && k < n && mass < p as f64 * total => {
+                    k = (k * 4).min(n);
                 }
+                _ => break,
             }
-            probs.truncate(keep);
+        }
+        idx.truncate(k);
+        idx.sort_unstable_by(desc);
+        let mut mass: f64 = idx.iter().map(|&i| w[i] as f64).sum();
+        if let Some(p) = top_p {
+            // The smallest prefix whose share of the mass (of the top k, or of all) reaches p.
+            let target = p as f64 * if top_k.is_some() { mass } else { total };
+            let mut acc = 0.0;
+            let keep = idx
+                .iter()
+                .position(|&i| {
+                    acc += w[i] as f64;
+                    acc >= target
+                })
+                .map_or(idx.len(), |j| j + 1);
             idx.truncate(keep);
-            let s: f64 = probs.iter().sum();
-            probs.iter_mut().for_each(|p| *p /= s);
+            mass = idx.iter().map(|&i| w[i] as f64).sum();
         }
-        let r: f64 = self.rng.random();
-        let mut acc = 0.0;
-        for (j, p) in probs.iter().enumerate() {
-            acc += p;
-            if r < acc {
-                return idx[j] as u32;
-            }
-        }
-        idx[idx.len() - 1] as u32
+        draw(&mut self.rng, idx.iter().map(|&i| (i, w[i])), mass)
     }
 }
 
-/// Index of the largest logit (the first one on ties, as torch.argmax).
+/// Token `i` of `(i, weight)` with probability `weight / total` (inverse CDF).
+fn draw(rng: &mut StdRng, items: impl Iterator<Item = (usize, f32)>, total: f64) -> u32 {
+    let r = rng.random::<f64>() * total;
+    let mut acc = 0.0;
+    let mut last = 0;
+    for (i, w) in items {
+        acc += w as f64;
+        last = i;
+        if r < acc {
+            return i as u32;
+        }
+    }
+    last as u32
+}
+
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &l) in logits.iter().enumerate() {
@@ -151,5 +179,77 @@ mod tests {
             ..p
         };
         assert!(draw(&nucleus).iter().all(|t| *t == 3));
+    }
+
+    /// The frequencies follow the softmax at the temperature, with and without top-k/top-p,
+    /// over a vocabulary large enough for top-p's growing candidate set.
+    #[test]
+    fn frequencies_follow_the_distribution() {
+        let n = 1000;
+        // Token i: logit −i/100, except tokens 0..4 (1.0 down to 0.4): a long tail.
+        let logits: Vec<f32> = (0..n)
+            .map(|i| {
+                if i < 4 {
+                    1.0 - i as f32 * 0.2
+                } else {
+                    -(i as f32) / 100.0
+                }
+            })
+            .collect();
+        let t = 0.8f32;
+        let weights: Vec<f64> = logits
+            .iter()
+            .map(|l| ((l - 1.0) / t) as f64)
+            .map(f64::exp)
+            .collect();
+        let expect = |keep: usize| {
+            let s: f64 = weights[..keep].iter().sum();
+            weights[..keep].iter().map(|w| w / s).collect::<Vec<_>>()
+        };
+        let total: f64 = weights.iter().sum();
+        // The nucleus for top-p 0.9: the fewest top tokens with 90% of the mass.
+        let mut acc = 0.0;
+        let nucleus = weights
+            .iter()
+            .position(|w| {
+                acc += w / total;
+                acc >= 0.9
+            })
+            .unwrap()
+            + 1;
+        assert!(
+            nucleus > 64,
+            "the test should make top-p grow its candidates: {nucleus}"
+        );
+        for (top_k, top_p, keep) in [
+            (None, None, n),
+            (Some(3), None, 3),
+            (None, Some(0.9), nucleus),
+        ] {
+            let mut s = Sampler::new(SamplingParams {
+                temperature: t,
+                top_k,
+                top_p,
+                seed: 3,
+                ..SamplingParams::default()
+            });
+            let draws = 40_000;
+            let mut counts = vec![0usize; n];
+            for _ in 0..draws {
+                counts[s.sample(&mut logits.clone(), &[]) as usize] += 1;
+            }
+            assert!(
+                counts[keep..].iter().all(|c| *c == 0),
+                "{top_k:?} {top_p:?}"
+            );
+            for (i, p) in expect(keep).iter().enumerate().take(4) {
+                let f = counts[i] as f64 / draws as f64;
+                // Six standard deviations of the frequency.
+                assert!(
+                    (f - p).abs() < 6.0 * (p * (1.0 - p) / draws as f64).sqrt(),
+                    "{top_k:?} {top_p:?} token {i}: {f} vs {p}"
+                );
+            }
+        }
     }
 }
