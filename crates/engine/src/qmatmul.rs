@@ -200,6 +200,7 @@ pub(crate) fn vnni() -> bool {
             && std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512vl")
             && std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512bw")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -716,10 +717,24 @@ mod x86 {
         }
     }
 
-    /// `v` in the bytes of `hb` that have every bit of `mask` set, 0 in the others.
+    /// `x + v` in the bytes where `hb` has the (one) bit of `mask` set, `x` in the others.
+    /// With AVX-512 (`VNNI` kernels, which also have BW) a bit test into a mask register and
+    /// a masked add; otherwise a compare, an and and an or.
     #[inline(always)]
-    unsafe fn bits(hb: __m256i, mask: __m256i, v: __m256i) -> __m256i {
-        unsafe { _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, mask), mask), v) }
+    unsafe fn add_bits<const VNNI: bool>(
+        x: __m256i,
+        hb: __m256i,
+        mask: __m256i,
+        v: __m256i,
+    ) -> __m256i {
+        unsafe {
+            if VNNI {
+                _mm256_mask_add_epi8(x, _mm256_test_epi8_mask(hb, mask), x, v)
+            } else {
+                let set = _mm256_cmpeq_epi8(_mm256_and_si256(hb, mask), mask);
+                _mm256_or_si256(x, _mm256_and_si256(set, v))
+            }
+        }
     }
 
     /// 8 scales (one per row of the group) at index `i` (in units of 8) of [`Scales::ptrs`]:
@@ -839,19 +854,15 @@ mod x86 {
                     for (c, spread) in SPREAD.iter().enumerate() {
                         let v = _mm256_loadu_si256(qs.add(b * 4 + c));
                         let spread = _mm256_loadu_si256(spread.as_ptr() as *const __m256i);
-                        let hb = _mm256_shuffle_epi8(hv[0], spread);
-                        let mut bit_lo = bits(hb, m_lo, value[0]);
-                        let mut bit_hi = bits(hb, m_hi, value[0]);
-                        if BITS == 6 {
-                            let hb = _mm256_shuffle_epi8(hv[1], spread);
-                            bit_lo = _mm256_or_si256(bit_lo, bits(hb, m_lo, value[1]));
-                            bit_hi = _mm256_or_si256(bit_hi, bits(hb, m_hi, value[1]));
-                        }
                         // Low nibbles are the block's weights 0..16, high ones 16..32: the two
                         // halves of `HALVES` formats.
-                        let lo = _mm256_or_si256(_mm256_and_si256(v, low), bit_lo);
-                        let hi =
-                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), bit_hi);
+                        let mut lo = _mm256_and_si256(v, low);
+                        let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                        for (plane, value) in hv.iter().zip(value).take(planes) {
+                            let hb = _mm256_shuffle_epi8(*plane, spread);
+                            lo = add_bits::<VNNI>(lo, hb, m_lo, value);
+                            hi = add_bits::<VNNI>(hi, hb, m_hi, value);
+                        }
                         for (r, d) in dots.iter_mut().enumerate() {
                             let (ylo, yhi) = (y.y(r, 4 * c), y.y(r, 16 + 4 * c));
                             if VNNI {
@@ -1018,7 +1029,7 @@ mod x86 {
 
     instances!("avx2,fma,f16c", false, unsigned, q8_0);
     instances!(
-        "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
+        "avx2,fma,f16c,avx512f,avx512vl,avx512vnni,avx512bw",
         true,
         unsigned_vnni,
         q8_0_vnni
