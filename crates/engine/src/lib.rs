@@ -27,6 +27,7 @@ pub mod model;
 pub mod native;
 mod qmatmul;
 mod quants;
+mod rope;
 pub mod sampling;
 
 /// What the unit tests of several modules share.

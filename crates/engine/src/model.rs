@@ -431,16 +431,10 @@ impl Model {
                 .contiguous()?
                 .unsqueeze(0)?;
             let v = v.reshape((rows, kv, d))?.transpose(0, 1)?.contiguous()?;
-            let (q, k) = match self.rope {
-                RopeLayout::Halves => (
-                    candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
-                    candle_nn::rotary_emb::rope(&k, &cos, &sin)?,
-                ),
-                RopeLayout::Interleaved => (
-                    candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?,
-                    candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?,
-                ),
-            };
+            let (q, k) = (
+                crate::rope::rope(&q, &cos, &sin, self.rope)?,
+                crate::rope::rope(&k, &cos, &sin, self.rope)?,
+            );
             let (q, k) = (q.squeeze(0)?, k.squeeze(0)?);
             // Attention per sequence, against its cache.
             let mut outs = Vec::with_capacity(steps.len());
