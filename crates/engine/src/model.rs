@@ -447,7 +447,9 @@ impl Model {
                 let past = s.cache.len();
                 let (kc, vc) = s.cache.append(li, &ks, &vs)?;
                 outs.push(
-                    if n <= attention::MAX_ROWS && qs.dtype() == DType::F32 && qs.device().is_cpu()
+                    if attention::applies(n, past)
+                        && qs.dtype() == DType::F32
+                        && qs.device().is_cpu()
                     {
                         let op = attention::Attend {
                             past,
