@@ -233,7 +233,8 @@ impl CustomOp3 for Attend {
         let (q, k, v) = (View::of(ql, "q")?, View::of(kl, "k")?, View::of(vl, "v")?);
         let [h, n, d] = q.dims;
         let [kv, total, kd] = k.dims;
-        if kd != d || v.dims != k.dims || kv == 0 || h % kv != 0 || total != self.past + n {
+        if kd != d || d == 0 || v.dims != k.dims || kv == 0 || h % kv != 0 || total != self.past + n
+        {
             candle_core::bail!(
                 "attend: q {:?}, k {:?}, v {:?} with {} past positions do not fit",
                 q.dims,
@@ -390,6 +391,12 @@ mod tests {
         assert!(
             q.apply_op3_no_bwd(&k, &k, &op).is_err(),
             "5 positions, past 5 + 1"
+        );
+        let empty = Tensor::zeros((4, 1, 0), DType::F32, &dev).unwrap();
+        let k0 = Tensor::zeros((2, 6, 0), DType::F32, &dev).unwrap();
+        assert!(
+            empty.apply_op3_no_bwd(&k0, &k0, &op).is_err(),
+            "zero-width heads"
         );
         let k16 = Tensor::zeros((2, 6, 8), DType::F16, &dev).unwrap();
         let k32 = Tensor::zeros((2, 6, 8), DType::F32, &dev).unwrap();
