@@ -89,29 +89,31 @@ impl Rows<'_> {
         d: usize,
         buf: &'b mut Vec<f32>,
     ) -> (&'b [f32], usize) {
-        use half::slice::HalfFloatSliceExt;
         if count == 0 {
             return (&[], d);
         }
         let end = first + (count - 1) * stride + d;
+        if !matches!(self, Rows::F32(_)) {
+            buf.resize(count * d, 0.0);
+        }
         match self {
             Rows::F32(v) => (&v[first..end], stride),
-            Rows::F16(v) => {
-                buf.resize(count * d, 0.0);
-                for (j, out) in buf.chunks_exact_mut(d).enumerate() {
-                    v[first + j * stride..][..d].convert_to_f32_slice(out);
-                }
-                (buf, d)
-            }
-            Rows::Bf16(v) => {
-                buf.resize(count * d, 0.0);
-                for (j, out) in buf.chunks_exact_mut(d).enumerate() {
-                    v[first + j * stride..][..d].convert_to_f32_slice(out);
-                }
-                (buf, d)
-            }
+            Rows::F16(v) => (gather(v, first, stride, d, buf), d),
+            Rows::Bf16(v) => (gather(v, first, stride, d, buf), d),
         }
     }
+}
+
+/// `buf.len() / d` half-precision rows `first + j·stride` of `v`, converted into `buf`.
+fn gather<'b, T>(v: &[T], first: usize, stride: usize, d: usize, buf: &'b mut [f32]) -> &'b [f32]
+where
+    [T]: half::slice::HalfFloatSliceExt,
+{
+    use half::slice::HalfFloatSliceExt;
+    for (j, out) in buf.chunks_exact_mut(d).enumerate() {
+        v[first + j * stride..][..d].convert_to_f32_slice(out);
+    }
+    buf
 }
 
 /// `Σ a·b` in 16 partial sums.
