@@ -759,6 +759,22 @@ mod x86 {
         }
     }
 
+    /// How far ahead of the block being read its weights are prefetched. A decode step streams
+    /// each matrix once; on a machine with plenty of bandwidth per core (AMD EPYC, 2 threads:
+    /// 45 GB/s) the hardware prefetcher alone left the loads waiting: TinyLlama-shaped `Q4_0`
+    /// decoded 54-57 tok/s without, 59-61 at 1 KiB ahead, 63-70 at 2 KiB, 64-84 at 4 KiB.
+    const PREFETCH_AHEAD: usize = 4096;
+
+    /// Prefetches the `len` bytes (whole cache lines) that lie [`PREFETCH_AHEAD`] bytes after
+    /// `at`. A prefetch never faults, so the address may lie past the matrix's end.
+    #[inline(always)]
+    unsafe fn prefetch(at: *const u8, len: usize) {
+        let at = at.wrapping_add(PREFETCH_AHEAD);
+        for line in (0..len).step_by(64) {
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(line) as *const i8) };
+        }
+    }
+
     /// `acc + Σ u·s` over each 32-bit lane's 4 byte pairs (`u` unsigned, `s` signed).
     ///
     /// With `VNNI` one `vpdpbusd`; otherwise `vpmaddubsw` + `vpmaddwd`, whose i16 pair sums
@@ -829,6 +845,7 @@ mod x86 {
                 .map_or((std::ptr::null(), std::ptr::null()), |o| o.ptrs());
             let qs = p.quants.as_ptr().add(g * kb * GROUP * qb) as *const __m256i;
             for b in 0..kb {
+                prefetch(qs.add(b * 4) as *const u8, qb * GROUP);
                 let gb = g * kb + b;
                 let y = ActBlock::new(act, r0, b);
                 // Integer dot products per row lane: [R][2].
@@ -969,6 +986,7 @@ mod x86 {
             let sc = p.scales.ptrs();
             let qs = p.quants.as_ptr().add(g * kb * GROUP * 32) as *const __m256i;
             for b in 0..kb {
+                prefetch(qs.add(b * 8) as *const u8, QK * GROUP);
                 let y = ActBlock::new(act, r0, b);
                 let d = scales8::<false>(sc, g * kb + b, 0);
                 let mut isum = [[_mm256_setzero_si256(); 2]; R];
