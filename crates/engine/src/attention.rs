@@ -116,6 +116,14 @@ where
     buf
 }
 
+/// The sum of 16 partial sums, as a tree (4 vector adds, not 15 dependent scalar ones).
+#[inline(always)]
+fn hsum16(acc: [f32; 16]) -> f32 {
+    let a8: [f32; 8] = std::array::from_fn(|l| acc[l] + acc[l + 8]);
+    let a4: [f32; 4] = std::array::from_fn(|l| a8[l] + a8[l + 4]);
+    (a4[0] + a4[2]) + (a4[1] + a4[3])
+}
+
 /// `Σ a·b` in 16 partial sums.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -132,16 +140,99 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[l] += x[l] * y[l];
         }
     }
-    acc.iter().sum::<f32>() + tail
+    hsum16(acc) + tail
 }
 
 /// One work item: the `g` query heads `q` (`[g][d]`, `d > 0`) of one KV head against `count`
 /// key and value rows (row `j` at `keys[j·ks..]`, `values[j·vs..]`). Writes, per head, the
 /// softmax numerators' weighted sum of values into `acc` (`[g][d]`) and the scores' maximum and
-/// the numerators' sum into `stats` (`[g][2]`), for [`merge`]; `scores` holds `g·count` values.
+/// the numerators' sum into `stats` (`[g][2]`), for [`merge_row`]; `scores` holds `g·count`
+/// values. Head widths 64 and 128 (nearly every Llama-family model) are compiled for their
+/// width, so that a head's dot products and its output stay in registers.
 #[allow(clippy::too_many_arguments)]
 #[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma"))]
 fn attend_heads(
+    q: &[f32],
+    d: usize,
+    keys: (&[f32], usize),
+    values: (&[f32], usize),
+    count: usize,
+    scale: f32,
+    scores: &mut [f32],
+    acc: &mut [f32],
+    stats: &mut [f32],
+) {
+    match d {
+        64 => heads::<64>(q, keys, values, count, scale, scores, acc, stats),
+        128 => heads::<128>(q, keys, values, count, scale, scores, acc, stats),
+        _ => heads_any(q, d, keys, values, count, scale, scores, acc, stats),
+    }
+}
+
+/// The softmax statistics of each head's scores (`[g][count]`, turned into numerators).
+#[inline(always)]
+fn softmax_stats(scores: &mut [f32], count: usize, stats: &mut [f32]) {
+    for (gi, st) in stats.chunks_exact_mut(2).enumerate() {
+        let s = &mut scores[gi * count..(gi + 1) * count];
+        let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        st[0] = max;
+        st[1] = if count == 0 {
+            0.0
+        } else {
+            mathcoder_model::vmath::exp_in_place(s, max)
+        };
+    }
+}
+
+/// [`attend_heads`] for heads of `D` values (`D` a multiple of 16).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn heads<const D: usize>(
+    q: &[f32],
+    (keys, ks): (&[f32], usize),
+    (values, vs): (&[f32], usize),
+    count: usize,
+    scale: f32,
+    scores: &mut [f32],
+    acc: &mut [f32],
+    stats: &mut [f32],
+) {
+    let row = |s: &[f32], at: usize| -> [f32; D] {
+        let mut r = [0f32; D];
+        r.copy_from_slice(&s[at..at + D]);
+        r
+    };
+    let g = q.len() / D;
+    for j in 0..count {
+        let k = &keys[j * ks..j * ks + D];
+        for gi in 0..g {
+            let qr = &q[gi * D..(gi + 1) * D];
+            let mut a = [0f32; 16];
+            for c in 0..D / 16 {
+                for l in 0..16 {
+                    a[l] += qr[16 * c + l] * k[16 * c + l];
+                }
+            }
+            scores[gi * count + j] = hsum16(a) * scale;
+        }
+    }
+    softmax_stats(scores, count, stats);
+    for gi in 0..g {
+        let mut o = [0f32; D];
+        for (j, &p) in scores[gi * count..(gi + 1) * count].iter().enumerate() {
+            let v = row(values, j * vs);
+            for l in 0..D {
+                o[l] += p * v[l];
+            }
+        }
+        acc[gi * D..(gi + 1) * D].copy_from_slice(&o);
+    }
+}
+
+/// [`attend_heads`] for any head width.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn heads_any(
     q: &[f32],
     d: usize,
     (keys, ks): (&[f32], usize),
@@ -158,16 +249,7 @@ fn attend_heads(
             scores[gi * count + j] = dot(qr, k) * scale;
         }
     }
-    for (gi, st) in stats.chunks_exact_mut(2).enumerate() {
-        let s = &mut scores[gi * count..(gi + 1) * count];
-        let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        st[0] = max;
-        st[1] = if count == 0 {
-            0.0
-        } else {
-            mathcoder_model::vmath::exp_in_place(s, max)
-        };
-    }
+    softmax_stats(scores, count, stats);
     acc.fill(0.0);
     for j in 0..count {
         let v = &values[j * vs..j * vs + d];
@@ -180,34 +262,396 @@ fn attend_heads(
     }
 }
 
-/// One head's output from its position chunks' partial results (`accs[c]`, `stats[c]` as
-/// [`attend_heads`] wrote them): the chunks' sums rescaled to the overall maximum.
-fn merge(parts: &[(&[f32], [f32; 2])], out: &mut [f32]) {
-    let max = parts
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, (_, st)| m.max(st[0]));
-    let weight = |st: &[f32; 2]| {
-        if st[1] == 0.0 {
-            0.0
-        } else {
-            (st[0] - max).exp()
-        }
-    };
-    let sum: f32 = parts.iter().map(|(_, st)| weight(st) * st[1]).sum();
-    out.fill(0.0);
-    for (acc, st) in parts {
-        let w = weight(st) / sum;
-        for (o, a) in out.iter_mut().zip(acc.iter()) {
-            *o += w * a;
-        }
-    }
-}
-
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 {
         a
     } else {
         gcd(b, a % b)
+    }
+}
+
+/// Chunks each of `base` items' positions (at most `total`) is split into, so that the items
+/// divide evenly among `threads` (3 KV heads on 2 threads: 6 half items, not 2 + 1), and none
+/// is shorter than 32 positions.
+pub(crate) fn chunks_for(base: usize, threads: usize, total: usize) -> usize {
+    (threads.max(1) / gcd(base, threads.max(1)))
+        .min(total.div_ceil(32))
+        .max(1)
+}
+
+/// Floats of one work item's partial result for `group` query heads of width `d`: the heads'
+/// accumulators, then their (max, sum) pairs.
+pub(crate) fn part_len(group: usize, d: usize) -> usize {
+    group * d + 2 * group
+}
+
+/// One layer's keys or values in the cache, as work items read them.
+pub(crate) struct Source<'a> {
+    rows: Rows<'a>,
+    view: View,
+}
+
+impl Source<'_> {
+    pub(crate) fn new<'a>(
+        s: &'a CpuStorage,
+        l: &Layout,
+        what: &str,
+    ) -> candle_core::Result<Source<'a>> {
+        Ok(Source {
+            rows: Rows::new(s)?,
+            view: View::of(l, what)?,
+        })
+    }
+}
+
+/// A thread's buffers for work items.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    scores: Vec<f32>,
+    kbuf: Vec<f32>,
+    vbuf: Vec<f32>,
+}
+
+/// One work item: the query heads `q` (`[group][d]`) of KV head `kvh` against chunk `c` (of
+/// `chunks`) of the first `seen` positions of `k` and `v`; writes the partial result (see
+/// [`part_len`]) into `dst`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn item(
+    q: &[f32],
+    k: &Source<'_>,
+    v: &Source<'_>,
+    kvh: usize,
+    seen: usize,
+    (chunks, c): (usize, usize),
+    scale: f32,
+    scratch: &mut Scratch,
+    dst: &mut [f32],
+) {
+    let d = k.view.dims[2];
+    let group = q.len() / d;
+    let len = seen.div_ceil(chunks);
+    let (from, to) = ((c * len).min(seen), ((c + 1) * len).min(seen));
+    let count = to - from;
+    scratch.scores.resize(group * count, 0.0);
+    let first = |w: &View| w.offset + kvh * w.s0 + from * w.s1;
+    let (kf, vf) = (first(&k.view), first(&v.view));
+    let (acc, stats) = dst.split_at_mut(group * d);
+    #[cfg(target_arch = "x86_64")]
+    if x86::applies(d) {
+        let rows = |r: &Rows<'_>, at: usize, stride: usize| match r {
+            Rows::F32(v) => x86::Rows::of(&v[at.min(v.len())..], stride),
+            Rows::F16(v) => x86::Rows::of(&v[at.min(v.len())..], stride),
+            Rows::Bf16(v) => x86::Rows::of(&v[at.min(v.len())..], stride),
+        };
+        let (kr, vr) = (rows(&k.rows, kf, k.view.s1), rows(&v.rows, vf, v.view.s1));
+        // SAFETY: AVX-512F is present (`applies`); the rows' bounds are checked inside.
+        unsafe { x86::heads(q, d, kr, vr, count, scale, &mut scratch.scores, acc, stats) };
+        return;
+    }
+    let keys = k.rows.rows(kf, k.view.s1, count, d, &mut scratch.kbuf);
+    let values = v.rows.rows(vf, v.view.s1, count, d, &mut scratch.vbuf);
+    attend_heads(
+        q,
+        d,
+        keys,
+        values,
+        count,
+        scale,
+        &mut scratch.scores,
+        acc,
+        stats,
+    );
+}
+
+/// The partial result (see [`part_len`]) of the query heads `q` against one key and value row
+/// (`k`, `v`: `d` values each, f32).
+pub(crate) fn single(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    scratch: &mut Scratch,
+    dst: &mut [f32],
+) {
+    let d = k.len();
+    let group = q.len() / d.max(1);
+    scratch.scores.resize(group, 0.0);
+    let (acc, stats) = dst.split_at_mut(group * d);
+    #[cfg(target_arch = "x86_64")]
+    if x86::applies(d) {
+        let (kr, vr) = (x86::Rows::of(k, d), x86::Rows::of(v, d));
+        // SAFETY: AVX-512F is present (`applies`); the rows' bounds are checked inside.
+        unsafe { x86::heads(q, d, kr, vr, 1, scale, &mut scratch.scores, acc, stats) };
+        return;
+    }
+    attend_heads(
+        q,
+        d,
+        (k, d),
+        (v, d),
+        1,
+        scale,
+        &mut scratch.scores,
+        acc,
+        stats,
+    );
+}
+
+/// [`attend_heads`] for head widths 64 and 128 with AVX-512, reading f32, f16 or bf16 cache
+/// rows as they are stored: each dot product in registers with one horizontal sum, each head's
+/// output accumulated in registers over the values.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use half::{bf16, f16};
+    use std::arch::x86_64::*;
+
+    pub(super) fn applies(d: usize) -> bool {
+        (d == 64 || d == 128) && std::arch::is_x86_feature_detected!("avx512f")
+    }
+
+    const F32: u8 = 0;
+    const F16: u8 = 1;
+    const BF16: u8 = 2;
+
+    /// Cache rows: element `j·stride + l` at `ptr`, `len` elements in all, of kind `kind`.
+    #[derive(Clone, Copy)]
+    pub(super) struct Rows {
+        ptr: *const u8,
+        len: usize,
+        stride: usize,
+        kind: u8,
+    }
+
+    pub(super) trait Elem {
+        const KIND: u8;
+    }
+    impl Elem for f32 {
+        const KIND: u8 = F32;
+    }
+    impl Elem for f16 {
+        const KIND: u8 = F16;
+    }
+    impl Elem for bf16 {
+        const KIND: u8 = BF16;
+    }
+
+    impl Rows {
+        pub(super) fn of<T: Elem>(v: &[T], stride: usize) -> Rows {
+            Rows {
+                ptr: v.as_ptr() as *const u8,
+                len: v.len(),
+                stride,
+                kind: T::KIND,
+            }
+        }
+
+        fn fits(&self, count: usize, d: usize) -> bool {
+            count == 0 || (count - 1) * self.stride + d <= self.len
+        }
+    }
+
+    /// 16 values at element `at` of rows of kind `K`, as f32.
+    #[inline(always)]
+    unsafe fn load<const K: u8>(p: *const u8, at: usize) -> __m512 {
+        unsafe {
+            match K {
+                F32 => _mm512_loadu_ps((p as *const f32).add(at)),
+                F16 => _mm512_cvtph_ps(_mm256_loadu_si256((p as *const u16).add(at) as _)),
+                _ => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                    _mm256_loadu_si256((p as *const u16).add(at) as _),
+                ))),
+            }
+        }
+    }
+
+    /// The lane sums of four vectors, in order.
+    #[inline(always)]
+    unsafe fn sum4(a: [__m512; 4]) -> __m128 {
+        // Pairs interleaved: lanes (a0, a1, a0, a1) and (a2, a3, a2, a3) per 4 lanes, then
+        // (a0, a1, a2, a3) per 128-bit block, then the four blocks added.
+        let s01 = _mm512_add_ps(
+            _mm512_unpacklo_ps(a[0], a[1]),
+            _mm512_unpackhi_ps(a[0], a[1]),
+        );
+        let s23 = _mm512_add_ps(
+            _mm512_unpacklo_ps(a[2], a[3]),
+            _mm512_unpackhi_ps(a[2], a[3]),
+        );
+        let s = _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(
+                _mm512_castps_pd(s01),
+                _mm512_castps_pd(s23),
+            )),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(
+                _mm512_castps_pd(s01),
+                _mm512_castps_pd(s23),
+            )),
+        );
+        let s = _mm512_add_ps(s, _mm512_shuffle_f32x4::<0b01_00_11_10>(s, s));
+        let s = _mm512_add_ps(s, _mm512_shuffle_f32x4::<0b10_11_00_01>(s, s));
+        _mm512_castps512_ps128(s)
+    }
+
+    /// # Safety
+    /// AVX-512F is available and `d` is 64 or 128.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn heads(
+        q: &[f32],
+        d: usize,
+        k: Rows,
+        v: Rows,
+        count: usize,
+        scale: f32,
+        scores: &mut [f32],
+        acc: &mut [f32],
+        stats: &mut [f32],
+    ) {
+        let g = q.len() / d;
+        assert!(
+            k.fits(count, d)
+                && v.fits(count, d)
+                && k.kind == v.kind
+                && scores.len() >= g * count
+                && acc.len() >= g * d
+                && stats.len() >= 2 * g,
+            "attend: buffers do not fit {count} rows of {g} heads"
+        );
+        macro_rules! go {
+            ($c:literal, $k:ident) => {
+                unsafe { heads_of::<$c, $k>(q, k, v, count, scale, scores, acc, stats) }
+            };
+        }
+        match (d, k.kind) {
+            (64, F32) => go!(4, F32),
+            (64, F16) => go!(4, F16),
+            (64, _) => go!(4, BF16),
+            (_, F32) => go!(8, F32),
+            (_, F16) => go!(8, F16),
+            _ => go!(8, BF16),
+        }
+    }
+
+    /// # Safety
+    /// As [`heads`], with the bounds checked there.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn heads_of<const C: usize, const K: u8>(
+        q: &[f32],
+        k: Rows,
+        v: Rows,
+        count: usize,
+        scale: f32,
+        scores: &mut [f32],
+        acc: &mut [f32],
+        stats: &mut [f32],
+    ) {
+        let d = 16 * C;
+        let g = q.len() / d;
+        let qp = q.as_ptr();
+        let sp = scores.as_mut_ptr();
+        // SAFETY (all loads and stores below): within the bounds `heads` checked.
+        unsafe {
+            // Four keys at a time: their four dot products are summed across lanes together
+            // (13 instructions, against 4 horizontal sums of 8).
+            let quads = count / 4 * 4;
+            let vscale = _mm_set1_ps(scale);
+            for j in (0..quads).step_by(4) {
+                for gi in 0..g {
+                    let qr = qp.add(gi * d);
+                    let mut a = [_mm512_setzero_ps(); 4];
+                    for c in 0..C {
+                        let qc = _mm512_loadu_ps(qr.add(16 * c));
+                        for (t, at) in a.iter_mut().enumerate() {
+                            let kc = load::<K>(k.ptr, (j + t) * k.stride + 16 * c);
+                            *at = _mm512_fmadd_ps(qc, kc, *at);
+                        }
+                    }
+                    _mm_storeu_ps(sp.add(gi * count + j), _mm_mul_ps(sum4(a), vscale));
+                }
+            }
+            for j in quads..count {
+                for gi in 0..g {
+                    let qr = qp.add(gi * d);
+                    let mut a = _mm512_setzero_ps();
+                    for c in 0..C {
+                        let kc = load::<K>(k.ptr, j * k.stride + 16 * c);
+                        a = _mm512_fmadd_ps(_mm512_loadu_ps(qr.add(16 * c)), kc, a);
+                    }
+                    *sp.add(gi * count + j) = _mm512_reduce_add_ps(a) * scale;
+                }
+            }
+        }
+        super::softmax_stats(scores, count, stats);
+        let sp = scores.as_ptr();
+        unsafe {
+            for gi in 0..g {
+                // Two sets of accumulators (even and odd rows), so that each chain of
+                // dependent multiply-adds is half as long.
+                let (mut o0, mut o1) = ([_mm512_setzero_ps(); C], [_mm512_setzero_ps(); C]);
+                let s = sp.add(gi * count);
+                let mut j = 0;
+                while j + 1 < count {
+                    let (p0, p1) = (_mm512_set1_ps(*s.add(j)), _mm512_set1_ps(*s.add(j + 1)));
+                    for c in 0..C {
+                        let x0 = load::<K>(v.ptr, j * v.stride + 16 * c);
+                        let x1 = load::<K>(v.ptr, (j + 1) * v.stride + 16 * c);
+                        o0[c] = _mm512_fmadd_ps(p0, x0, o0[c]);
+                        o1[c] = _mm512_fmadd_ps(p1, x1, o1[c]);
+                    }
+                    j += 2;
+                }
+                if j < count {
+                    let p0 = _mm512_set1_ps(*s.add(j));
+                    for (c, o) in o0.iter_mut().enumerate() {
+                        *o = _mm512_fmadd_ps(p0, load::<K>(v.ptr, j * v.stride + 16 * c), *o);
+                    }
+                }
+                for c in 0..C {
+                    _mm512_storeu_ps(
+                        acc.as_mut_ptr().add(gi * d + 16 * c),
+                        _mm512_add_ps(o0[c], o1[c]),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// One query row's output (`[h·d]`, heads of width `d`) from its items' partial results
+/// `parts` (`[kv][chunks]` of [`part_len`] floats): each head's chunk sums rescaled to the
+/// overall maximum.
+pub(crate) fn merge_row(parts: &[f32], group: usize, d: usize, chunks: usize, out: &mut [f32]) {
+    let part = part_len(group, d);
+    for (head, dst) in out.chunks_exact_mut(d).enumerate() {
+        let (kvh, gi) = (head / group, head % group);
+        let chunk = |c: usize| {
+            let p = &parts[(kvh * chunks + c) * part..][..part];
+            let st = [p[group * d + 2 * gi], p[group * d + 2 * gi + 1]];
+            (&p[gi * d..(gi + 1) * d], st)
+        };
+        let max = (0..chunks).fold(f32::NEG_INFINITY, |m, c| m.max(chunk(c).1[0]));
+        let weight = |st: [f32; 2]| {
+            if st[1] == 0.0 {
+                0.0
+            } else {
+                (st[0] - max).exp()
+            }
+        };
+        let sum: f32 = (0..chunks)
+            .map(|c| {
+                let st = chunk(c).1;
+                weight(st) * st[1]
+            })
+            .sum();
+        dst.fill(0.0);
+        for c in 0..chunks {
+            let (acc, st) = chunk(c);
+            let w = weight(st) / sum;
+            for (o, a) in dst.iter_mut().zip(acc) {
+                *o += w * a;
+            }
+        }
     }
 }
 
@@ -232,70 +676,65 @@ impl CustomOp3 for Attend {
         let CpuStorage::F32(qd) = qs else {
             candle_core::bail!("attend: f32 queries expected, got {:?}", qs.dtype());
         };
-        let (q, k, v) = (View::of(ql, "q")?, View::of(kl, "k")?, View::of(vl, "v")?);
+        let q = View::of(ql, "q")?;
+        let (k, v) = (Source::new(ks, kl, "k")?, Source::new(vs, vl, "v")?);
         let [h, n, d] = q.dims;
-        let [kv, total, kd] = k.dims;
-        if kd != d || d == 0 || v.dims != k.dims || kv == 0 || h % kv != 0 || total != self.past + n
+        let [kv, total, kd] = k.view.dims;
+        if kd != d
+            || d == 0
+            || v.view.dims != k.view.dims
+            || kv == 0
+            || h % kv != 0
+            || total != self.past + n
         {
             candle_core::bail!(
                 "attend: q {:?}, k {:?}, v {:?} with {} past positions do not fit",
                 q.dims,
-                k.dims,
-                v.dims,
+                k.view.dims,
+                v.view.dims,
                 self.past
             );
         }
         if ks.dtype() != vs.dtype() {
             candle_core::bail!("attend: k and v differ in dtype");
         }
-        let (kr, vr) = (Rows::new(ks)?, Rows::new(vs)?);
         let group = h / kv;
         // Query heads `kvh·group..(kvh + 1)·group` share KV head `kvh`: a work item is (query
         // row i, KV head, chunk of positions), and computes partial results for those heads.
-        // Positions are split into chunks only so that items divide evenly among the threads
-        // (3 KV heads on 2 threads: 6 half items, not 2 + 1).
         let threads = candle_core::utils::get_num_threads().max(1);
         let base = n * kv;
         let chunks = self
             .chunks
-            .unwrap_or_else(|| (threads / gcd(base, threads)).min(total.div_ceil(32)))
+            .unwrap_or_else(|| chunks_for(base, threads, total))
             .max(1);
         let items = base * chunks;
-        let part = group * d + 2 * group;
+        let part = part_len(group, d);
         let mut parts = vec![0f32; items * part];
         let parts_ptr = SendPtr(parts.as_mut_ptr());
         let work = |range: std::ops::Range<usize>| {
             let parts_ptr = &parts_ptr;
-            let (mut scores, mut kbuf, mut vbuf) = (Vec::new(), Vec::new(), Vec::new());
+            let mut scratch = Scratch::default();
             let mut qbuf = vec![0f32; group * d];
-            for item in range {
-                let (i, kvh, c) = (item / (kv * chunks), item / chunks % kv, item % chunks);
+            for it in range {
+                let (i, kvh, c) = (it / (kv * chunks), it / chunks % kv, it % chunks);
                 for (gi, dst) in qbuf.chunks_exact_mut(d).enumerate() {
                     dst.copy_from_slice(&qd[q.row(kvh * group + gi, i)]);
                 }
-                // Causal: row i sees positions 0..=past + i; this chunk a share of them.
-                let seen = self.past + i + 1;
-                let len = seen.div_ceil(chunks);
-                let (from, to) = ((c * len).min(seen), ((c + 1) * len).min(seen));
-                let count = to - from;
-                scores.resize(group * count, 0.0);
-                let first = |w: &View| w.offset + kvh * w.s0 + from * w.s1;
-                let keys = kr.rows(first(&k), k.s1, count, d, &mut kbuf);
-                let values = vr.rows(first(&v), v.s1, count, d, &mut vbuf);
                 // SAFETY: each item owns its `part` floats of `parts`.
                 let dst =
-                    unsafe { std::slice::from_raw_parts_mut(parts_ptr.0.add(item * part), part) };
-                let (acc, stats) = dst.split_at_mut(group * d);
-                attend_heads(
+                    unsafe { std::slice::from_raw_parts_mut(parts_ptr.0.add(it * part), part) };
+                // Causal: row i sees positions 0..=past + i.
+                let seen = self.past + i + 1;
+                item(
                     &qbuf,
-                    d,
-                    keys,
-                    values,
-                    count,
+                    &k,
+                    &v,
+                    kvh,
+                    seen,
+                    (chunks, c),
                     self.scale,
-                    &mut scores,
-                    acc,
-                    stats,
+                    &mut scratch,
+                    dst,
                 );
             }
         };
@@ -307,21 +746,11 @@ impl CustomOp3 for Attend {
             candle_core::utils::barrier_pool().execute_chunked(items, work);
         }
         let mut out = vec![0f32; n * h * d];
-        let mut heads = Vec::with_capacity(chunks);
-        for (i, row) in out.chunks_exact_mut(h * d).enumerate() {
-            for (head, dst) in row.chunks_exact_mut(d).enumerate() {
-                let (kvh, gi) = (head / group, head % group);
-                heads.clear();
-                for c in 0..chunks {
-                    let p = &parts[((i * kv + kvh) * chunks + c) * part..][..part];
-                    let (acc, stats) = p.split_at(group * d);
-                    heads.push((
-                        &acc[gi * d..(gi + 1) * d],
-                        [stats[2 * gi], stats[2 * gi + 1]],
-                    ));
-                }
-                merge(&heads, dst);
-            }
+        for (row, p) in out
+            .chunks_exact_mut(h * d)
+            .zip(parts.chunks_exact(kv * chunks * part))
+        {
+            merge_row(p, group, d, chunks, row);
         }
         Ok((CpuStorage::F32(out), Shape::from((n, h * d))))
     }
@@ -343,6 +772,7 @@ mod tests {
             (6, 3, 8, 0, 3),
             (2, 2, 20, 40, 4),
             (8, 2, 64, 100, 1),
+            (4, 2, 128, 37, 2),
             (6, 2, 16, 3, 40),
         ] {
             let rows = n + 2;

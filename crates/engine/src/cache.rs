@@ -89,6 +89,51 @@ impl KvCache {
         Ok((l.k.narrow(1, 0, need)?, l.v.narrow(1, 0, need)?))
     }
 
+    /// Makes room for `n` more positions in every layer (for [`KvCache::write`]).
+    pub(crate) fn reserve(&mut self, n: usize) -> candle_core::Result<()> {
+        let need = self.len + n;
+        if need > self.capacity {
+            self.grow(need.max(self.capacity * 2).max(MIN_CAPACITY))?;
+        }
+        for li in 0..self.layers.len() {
+            if self.layers[li].is_none() {
+                self.layers[li] = Some(self.alloc(self.capacity)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Layer `li`'s key and value buffers (`[kv, capacity, d]`; positions from the length on
+    /// are not yet committed), once allocated.
+    pub(crate) fn layer(&self, li: usize) -> Option<(&Tensor, &Tensor)> {
+        self.layers.get(li)?.as_ref().map(|l| (&l.k, &l.v))
+    }
+
+    /// Writes one position's keys and values (`[kv·d]` each, f32) of layer `li` at position
+    /// `pos`, in place, converted to the cache's dtype. The layer must have room
+    /// ([`KvCache::reserve`]).
+    pub(crate) fn write(
+        &self,
+        li: usize,
+        pos: usize,
+        k: &[f32],
+        v: &[f32],
+    ) -> candle_core::Result<()> {
+        let Some(l) = self.layers.get(li).and_then(Option::as_ref) else {
+            candle_core::bail!("kv cache: layer {li} is not allocated");
+        };
+        if pos >= self.capacity || k.len() != self.kv_heads * self.head_dim || v.len() != k.len() {
+            candle_core::bail!(
+                "kv cache: position {pos} of {} with {} and {} values",
+                self.capacity,
+                k.len(),
+                v.len()
+            );
+        }
+        l.k.inplace_op1(&WriteRow { pos, src: k })?;
+        l.v.inplace_op1(&WriteRow { pos, src: v })
+    }
+
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
     }
@@ -142,5 +187,43 @@ impl KvCache {
             c.len = self.len;
         }
         Ok(c)
+    }
+}
+
+/// Writes `src` (`[kv·d]`) as position `pos` of a `[kv, capacity, d]` buffer.
+struct WriteRow<'a> {
+    pos: usize,
+    src: &'a [f32],
+}
+
+impl candle_core::InplaceOp1 for WriteRow<'_> {
+    fn name(&self) -> &'static str {
+        "kv-write-row"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &mut candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::CpuStorage;
+        let (&[kv, _, d], &[s0, s1, _]) = (l.dims(), l.stride()) else {
+            candle_core::bail!("kv-write-row: a {:?} buffer", l.dims());
+        };
+        for (kvh, src) in self.src.chunks_exact(d.max(1)).take(kv).enumerate() {
+            let at = l.start_offset() + kvh * s0 + self.pos * s1;
+            match s {
+                CpuStorage::F32(b) => b[at..at + d].copy_from_slice(src),
+                CpuStorage::F16(b) => {
+                    half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut b[at..at + d], src)
+                }
+                CpuStorage::BF16(b) => {
+                    half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut b[at..at + d], src)
+                }
+                other => candle_core::bail!("kv-write-row: a {:?} cache", other.dtype()),
+            }
+        }
+        Ok(())
     }
 }

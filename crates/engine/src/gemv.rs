@@ -63,35 +63,52 @@ struct SendPtr(*mut f32);
 unsafe impl Sync for SendPtr {}
 
 fn gemv(x: &[f32], w: &[f32], n: usize, k: usize, out: &mut [f32]) {
-    let m = x.len() / k;
     let out_ptr = SendPtr(out.as_mut_ptr());
+    candle_core::utils::barrier_pool().execute_chunked(n, |cols| {
+        let out_ptr = &out_ptr;
+        // SAFETY: `out` has `m·n` floats and each worker gets its own columns.
+        unsafe { columns(x, w, n, k, cols, out_ptr.0) }
+    });
+}
+
+/// Output columns `cols` of `x [m, k] · wᵀ` (`w [n, k]`), written to `out[i·n + j]`.
+///
+/// # Safety
+/// `out` points to `m·n` writable floats (`m = x.len() / k`), and no other thread writes these
+/// columns meanwhile.
+pub(crate) unsafe fn columns(
+    x: &[f32],
+    w: &[f32],
+    n: usize,
+    k: usize,
+    cols: std::ops::Range<usize>,
+    out: *mut f32,
+) {
+    let m = x.len() / k;
     #[cfg(target_arch = "x86_64")]
     let fast =
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
-    candle_core::utils::barrier_pool().execute_chunked(n, |cols| {
-        let out_ptr = &out_ptr;
-        for j in cols {
-            let wr = &w[j * k..(j + 1) * k];
-            for r0 in (0..m).step_by(ROW_TILE) {
-                let rows = ROW_TILE.min(m - r0);
-                let mut dots = [0f32; ROW_TILE];
-                #[cfg(target_arch = "x86_64")]
-                if fast {
-                    // SAFETY: AVX2 and FMA were detected above.
-                    unsafe { x86::dots(wr, x, r0, rows, k, &mut dots) };
-                } else {
-                    portable_dots(wr, x, r0, rows, k, &mut dots);
-                }
-                #[cfg(not(target_arch = "x86_64"))]
+    for j in cols {
+        let wr = &w[j * k..(j + 1) * k];
+        for r0 in (0..m).step_by(ROW_TILE) {
+            let rows = ROW_TILE.min(m - r0);
+            let mut dots = [0f32; ROW_TILE];
+            #[cfg(target_arch = "x86_64")]
+            if fast {
+                // SAFETY: AVX2 and FMA were detected above.
+                unsafe { x86::dots(wr, x, r0, rows, k, &mut dots) };
+            } else {
                 portable_dots(wr, x, r0, rows, k, &mut dots);
-                for (r, d) in dots.iter().enumerate().take(rows) {
-                    // SAFETY: (r0 + r, j) is inside the m × n output, and column j belongs to
-                    // this worker's range only.
-                    unsafe { *out_ptr.0.add((r0 + r) * n + j) = *d };
-                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            portable_dots(wr, x, r0, rows, k, &mut dots);
+            for (r, d) in dots.iter().enumerate().take(rows) {
+                // SAFETY: (r0 + r, j) is inside the m × n output, and column j belongs to
+                // this caller only.
+                unsafe { *out.add((r0 + r) * n + j) = *d };
             }
         }
-    });
+    }
 }
 
 fn portable_dots(

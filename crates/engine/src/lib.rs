@@ -19,6 +19,7 @@
 mod attention;
 pub mod cache;
 pub mod chat;
+mod decode;
 pub mod engine;
 pub mod factory;
 mod gemv;
@@ -45,6 +46,24 @@ pub(crate) mod test_util {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap()
+    }
+
+    /// `n` deterministic values in [-1, 1) with some large outliers (a small LCG).
+    pub(crate) fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|i| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let v = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+                if i % 97 == 0 {
+                    v * 8.0
+                } else {
+                    v
+                }
+            })
+            .collect()
     }
 }
 

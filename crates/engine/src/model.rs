@@ -210,13 +210,13 @@ fn swiglu(gate_up: &Stack<2>, x: &Tensor) -> candle_core::Result<Tensor> {
 
 /// One decoder layer as the forward pass uses it.
 pub(crate) struct Block {
-    attn_norm: Tensor,
-    qkv: Stack<3>,
-    qkv_bias: Option<[Tensor; 3]>,
-    o: Linear,
-    mlp_norm: Tensor,
-    gate_up: Stack<2>,
-    down: Linear,
+    pub(crate) attn_norm: Tensor,
+    pub(crate) qkv: Stack<3>,
+    pub(crate) qkv_bias: Option<[Tensor; 3]>,
+    pub(crate) o: Linear,
+    pub(crate) mlp_norm: Tensor,
+    pub(crate) gate_up: Stack<2>,
+    pub(crate) down: Linear,
 }
 
 impl Block {
@@ -285,7 +285,10 @@ pub struct Model {
     pub(crate) rope: RopeLayout,
     /// Rotary inverse frequencies `[head_dim/2]` (angles are computed per step for the
     /// positions in it, so that no table is sized by the declared context).
-    inv_freq: Vec<f32>,
+    pub(crate) inv_freq: Vec<f32>,
+    /// The single-region decode step's f32 vectors, where the model can take it
+    /// ([`crate::decode`]; `None`: every step takes the general path).
+    pub(crate) decode: Option<crate::decode::Plan>,
     /// Activations dtype.
     pub dtype: DType,
     /// KV cache dtype (attention converts the cache to `dtype`).
@@ -314,18 +317,21 @@ impl Model {
         weight_format: String,
     ) -> Result<Model, EngineError> {
         let inv_freq = inv_freq(&config);
+        let layers: Vec<Block> = w
+            .layers
+            .into_iter()
+            .map(Block::new)
+            .collect::<candle_core::Result<_>>()?;
+        let decode = crate::decode::Plan::new(&config, &layers, &w.norm, &w.lm_head, dtype)?;
         Ok(Model {
             config,
             embed: w.embed,
-            layers: w
-                .layers
-                .into_iter()
-                .map(Block::new)
-                .collect::<candle_core::Result<_>>()?,
+            layers,
             norm: w.norm,
             lm_head: w.lm_head,
             rope,
             inv_freq,
+            decode,
             dtype,
             kv_dtype,
             device,
@@ -383,7 +389,32 @@ impl Model {
                 )));
             }
         }
+        if let Some(out) = crate::decode::forward(self, steps) {
+            return Ok(out?);
+        }
         Ok(self.forward_inner(steps)?)
+    }
+
+    /// Whether decode steps take the single-region path ([`crate::decode`]).
+    pub fn fused_decode(&self) -> bool {
+        self.decode.is_some()
+    }
+
+    /// Turns the single-region decode step off (`false`) or back on where the model can take
+    /// it, e.g. to compare it with the general path.
+    pub fn set_fused_decode(&mut self, on: bool) -> Result<(), EngineError> {
+        self.decode = if on {
+            crate::decode::Plan::new(
+                &self.config,
+                &self.layers,
+                &self.norm,
+                &self.lm_head,
+                self.dtype,
+            )?
+        } else {
+            None
+        };
+        Ok(())
     }
 
     fn forward_inner(&self, steps: &mut [Step<'_>]) -> candle_core::Result<Vec<Tensor>> {
@@ -564,8 +595,17 @@ fn rope_angles(
     device: &Device,
 ) -> candle_core::Result<(Tensor, Tensor)> {
     let half = inv.len();
-    let mut cos = Vec::with_capacity(positions.len() * half);
-    let mut sin = Vec::with_capacity(positions.len() * half);
+    let (cos, sin) = angles(inv, positions);
+    Ok((
+        Tensor::from_vec(cos, (positions.len(), half), device)?,
+        Tensor::from_vec(sin, (positions.len(), half), device)?,
+    ))
+}
+
+/// Rotary cosines and sines `[positions][head_dim/2]`, row-major.
+pub(crate) fn angles(inv: &[f32], positions: &[u32]) -> (Vec<f32>, Vec<f32>) {
+    let mut cos = Vec::with_capacity(positions.len() * inv.len());
+    let mut sin = Vec::with_capacity(positions.len() * inv.len());
     for &p in positions {
         for f in inv {
             let a = p as f32 * f;
@@ -573,10 +613,7 @@ fn rope_angles(
             sin.push(a.sin());
         }
     }
-    Ok((
-        Tensor::from_vec(cos, (positions.len(), half), device)?,
-        Tensor::from_vec(sin, (positions.len(), half), device)?,
-    ))
+    (cos, sin)
 }
 
 /// The attention output layout of Hugging Face's reference implementation, for tests.

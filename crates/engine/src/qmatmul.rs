@@ -406,6 +406,11 @@ impl Packed {
         self.n
     }
 
+    /// Input width.
+    pub(crate) fn cols(&self) -> usize {
+        self.k
+    }
+
     /// Bytes of the repacked matrix (what a product reads; more than the file's blocks for the
     /// K formats, whose scales are stored per 32 weights, and `Q6_K`, stored as bytes).
     pub(crate) fn bytes(&self) -> usize {
@@ -433,27 +438,52 @@ impl Packed {
         debug_assert_eq!(x.len(), m * k);
         debug_assert_eq!(out.len(), m * n);
         let act = Act::quantize(x, k);
-        let groups = n / GROUP;
-        let tile = if vnni { WIDE_TILE } else { ROW_TILE };
-        let tiles = m.div_ceil(tile);
         let out_ptr = SendPtr(out.as_mut_ptr());
         let work = |items: std::ops::Range<usize>| {
             let out_ptr = &out_ptr;
-            for item in items {
-                let (g, t) = (item / tiles, item % tiles);
-                let r0 = t * tile;
-                let rows = tile.min(m - r0);
-                // SAFETY: the CPU features were checked when the matrix was packed; every
-                // (row, group) of `out` is written by exactly one work item, within bounds
-                // (r0 + rows <= m, g < n/8).
-                unsafe { self.group(g, r0, rows, &act, out_ptr.0, vnni) }
-            }
+            // SAFETY: `act` holds `m` rows of `k`, `out` has `m·n` floats, and every work
+            // item writes its own tiles.
+            unsafe { self.run(&act, m, items, out_ptr.0, vnni) }
         };
+        let items = self.items(m, vnni);
         // A tiny product costs less than waking the pool's workers: run it on this thread.
         if m * n * k < SERIAL_MACS {
-            work(0..groups * tiles);
+            work(0..items);
         } else {
-            candle_core::utils::barrier_pool().execute_chunked(groups * tiles, work);
+            candle_core::utils::barrier_pool().execute_chunked(items, work);
+        }
+    }
+
+    /// Work items of a product with `m` activation rows: (group of 8 output rows, tile of
+    /// activation rows) pairs, each written by one item.
+    pub(crate) fn items(&self, m: usize, vnni: bool) -> usize {
+        let tile = if vnni { WIDE_TILE } else { ROW_TILE };
+        self.n / GROUP * m.div_ceil(tile)
+    }
+
+    /// Runs work `items` (of [`Packed::items`]) of the product of `act`'s `m` rows, writing
+    /// `out[i·n + j]`.
+    ///
+    /// # Safety
+    /// `act` was quantized from `m` rows of `k` values; `out` points to `m·n` writable floats
+    /// that no other thread writes in these items' tiles; `vnni` only where [`vnni`] holds.
+    pub(crate) unsafe fn run(
+        &self,
+        act: &Act,
+        m: usize,
+        items: std::ops::Range<usize>,
+        out: *mut f32,
+        vnni: bool,
+    ) {
+        let tile = if vnni { WIDE_TILE } else { ROW_TILE };
+        let tiles = m.div_ceil(tile);
+        for item in items {
+            let (g, t) = (item / tiles, item % tiles);
+            let r0 = t * tile;
+            let rows = tile.min(m - r0);
+            // SAFETY: the CPU features were checked when the matrix was packed; (r0 + rows
+            // <= m, g < n/8) is within bounds, and the caller owns this tile.
+            unsafe { self.group(g, r0, rows, act, out, vnni) }
         }
     }
 
@@ -546,7 +576,8 @@ struct SendPtr(*mut f32);
 unsafe impl Sync for SendPtr {}
 
 /// Activations quantized to 8 bits per block of 32, as llama.cpp's `quantize_row_q8_0`.
-struct Act {
+#[derive(Default)]
+pub(crate) struct Act {
     /// `[m][k/32]` block scales (f16-rounded, as stored in a ggml `block_q8_0`).
     d: Vec<f32>,
     /// `[m][k/16]` sums of each half block's quantized values.
@@ -560,24 +591,28 @@ struct Act {
 
 impl Act {
     fn quantize(x: &[f32], k: usize) -> Act {
-        let kb = k / QK;
+        let mut a = Act::default();
+        a.set(x, k);
+        a
+    }
+
+    /// Quantizes `x` (rows of `k` values, `k` a multiple of 32) into these buffers, reusing
+    /// their allocations.
+    pub(crate) fn set(&mut self, x: &[f32], k: usize) {
+        self.kb = k / QK;
         let blocks = x.len() / QK;
-        let mut a = Act {
-            d: vec![0.0; blocks],
-            half_sums: vec![0; 2 * blocks],
-            dsums: vec![0.0; blocks],
-            qs: vec![0; x.len()],
-            kb,
-        };
+        self.d.resize(blocks, 0.0);
+        self.half_sums.resize(2 * blocks, 0);
+        self.dsums.resize(blocks, 0.0);
+        self.qs.resize(x.len(), 0);
         #[cfg(target_arch = "x86_64")]
         if supported() {
             // SAFETY: the features are present; the same code, compiled with them, rounds
             // with one instruction instead of a libm call.
-            unsafe { quantize_avx2(x, &mut a) };
-            return a;
+            unsafe { quantize_avx2(x, self) };
+            return;
         }
-        quantize_into(x, &mut a);
-        a
+        quantize_into(x, self);
     }
 }
 
@@ -1088,26 +1123,9 @@ impl CustomOp1 for Packed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::random;
     use candle_core::quantized::QMatMul;
     use candle_core::{Device, Module, Tensor};
-
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        // A small LCG: deterministic values in [-1, 1) with some large outliers.
-        let mut s = seed;
-        (0..n)
-            .map(|i| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let v = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
-                if i % 97 == 0 {
-                    v * 8.0
-                } else {
-                    v
-                }
-            })
-            .collect()
-    }
 
     /// The same quantized dot products, computed plainly in f64 from the ggml blocks (decoded
     /// by the scalar reference, [`quants::decode`], for all but `Q8_0`).

@@ -33,6 +33,22 @@ struct Rope {
     layout: RopeLayout,
 }
 
+/// Rotates one head's values `x` (`d`) in place by the angles whose cosines and sines are `c`,
+/// `s` (`d/2`), pairing dimensions as `layout` says.
+#[inline]
+pub(crate) fn rotate(x: &mut [f32], c: &[f32], s: &[f32], layout: RopeLayout) {
+    let half = c.len();
+    for i in 0..half {
+        let (i1, i2) = match layout {
+            RopeLayout::Halves => (i, i + half),
+            RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+        };
+        let (x1, x2) = (x[i1], x[i2]);
+        x[i1] = x1 * c[i] - x2 * s[i];
+        x[i2] = x1 * s[i] + x2 * c[i];
+    }
+}
+
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
@@ -71,22 +87,16 @@ impl CustomOp3 for Rope {
                 sl.dims()
             );
         }
-        let mut out = vec![0f32; x.len()];
+        let mut out = x.to_vec();
         if d > 0 {
-            for (r, (src, dst)) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
+            for (r, dst) in out.chunks_exact_mut(d).enumerate() {
                 let p = r % t;
-                let (c, s) = (
+                rotate(
+                    dst,
                     &cos[p * half..(p + 1) * half],
                     &sin[p * half..(p + 1) * half],
+                    self.layout,
                 );
-                for i in 0..half {
-                    let (i1, i2) = match self.layout {
-                        RopeLayout::Halves => (i, i + half),
-                        RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-                    };
-                    dst[i1] = src[i1] * c[i] - src[i2] * s[i];
-                    dst[i2] = src[i1] * s[i] + src[i2] * c[i];
-                }
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))))
