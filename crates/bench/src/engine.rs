@@ -160,10 +160,13 @@ fn measure(engine: &Engine, load_s: f64, a: &EngineBenchArgs) -> Result<Value> {
 
 fn child(a: &EngineBenchArgs) -> Result<i32> {
     let path = &a.model[0];
-    // The bound's bandwidth is measured in the same process just before the model loads: on a
-    // shared machine it drifts by a quarter between rows. Its 1 GiB buffer is gone before the
-    // load, and the peak-memory mark is reset so that it does not count (`clear_refs` 5).
-    let bw = read_bandwidth();
+    // The bound's bandwidth is measured in the same process just before the model loads and
+    // again after the measurements, and the two averaged: on a shared machine it drifts by a
+    // quarter between rows, and within a row (one probe alone put the same decode speed at 62%
+    // and 110% of its bound in two runs). The first probe's 1 GiB buffer is gone before the
+    // load, and the peak-memory mark is reset so that it does not count (`clear_refs` 5); the
+    // second comes after the peak is read.
+    let before = read_bandwidth();
     if std::fs::write("/proc/self/clear_refs", "5").is_err() {
         eprintln!("warning: could not reset the peak-memory mark: peak MB includes 1 GiB");
     }
@@ -172,7 +175,9 @@ fn child(a: &EngineBenchArgs) -> Result<i32> {
     let load_s = t.elapsed().as_secs_f64();
     let rss = status_kb("VmRSS:").map(|k| k / 1024.0);
     let mut v = measure(&engine, load_s, a)?;
-    v["read_bandwidth_gb_s"] = json!(bw);
+    let after = read_bandwidth();
+    v["read_bandwidth_gb_s"] = json!((before + after) / 2.0);
+    v["read_bandwidth_probes_gb_s"] = json!([before, after]);
     v["rss_after_load_mb"] = json!(rss);
     v["path"] = json!(path);
     println!("{}", serde_json::to_string(&v)?);
@@ -321,7 +326,7 @@ pub fn engine(a: EngineBenchArgs) -> Result<i32> {
         );
     }
     println!(
-        "prefill and decode in tokens/s; bound = read bandwidth (measured before each of our rows) \
+        "prefill and decode in tokens/s; bound = read bandwidth (mean of probes before and after each of our rows) \
          / weight bytes per token as the checkpoint stores them"
     );
     Ok(0)
