@@ -147,92 +147,10 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// key and value rows (row `j` at `keys[j·ks..]`, `values[j·vs..]`). Writes, per head, the
 /// softmax numerators' weighted sum of values into `acc` (`[g][d]`) and the scores' maximum and
 /// the numerators' sum into `stats` (`[g][2]`), for [`merge_row`]; `scores` holds `g·count`
-/// values. Head widths 64 and 128 (nearly every Llama-family model) are compiled for their
-/// width, so that a head's dot products and its output stay in registers.
+/// values. (Head widths 64 and 128 with AVX-512 take [`x86::heads`] instead.)
 #[allow(clippy::too_many_arguments)]
 #[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma"))]
 fn attend_heads(
-    q: &[f32],
-    d: usize,
-    keys: (&[f32], usize),
-    values: (&[f32], usize),
-    count: usize,
-    scale: f32,
-    scores: &mut [f32],
-    acc: &mut [f32],
-    stats: &mut [f32],
-) {
-    match d {
-        64 => heads::<64>(q, keys, values, count, scale, scores, acc, stats),
-        128 => heads::<128>(q, keys, values, count, scale, scores, acc, stats),
-        _ => heads_any(q, d, keys, values, count, scale, scores, acc, stats),
-    }
-}
-
-/// The softmax statistics of each head's scores (`[g][count]`, turned into numerators).
-#[inline(always)]
-fn softmax_stats(scores: &mut [f32], count: usize, stats: &mut [f32]) {
-    for (gi, st) in stats.chunks_exact_mut(2).enumerate() {
-        let s = &mut scores[gi * count..(gi + 1) * count];
-        let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        st[0] = max;
-        st[1] = if count == 0 {
-            0.0
-        } else {
-            mathcoder_model::vmath::exp_in_place(s, max)
-        };
-    }
-}
-
-/// [`attend_heads`] for heads of `D` values (`D` a multiple of 16).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn heads<const D: usize>(
-    q: &[f32],
-    (keys, ks): (&[f32], usize),
-    (values, vs): (&[f32], usize),
-    count: usize,
-    scale: f32,
-    scores: &mut [f32],
-    acc: &mut [f32],
-    stats: &mut [f32],
-) {
-    let row = |s: &[f32], at: usize| -> [f32; D] {
-        let mut r = [0f32; D];
-        r.copy_from_slice(&s[at..at + D]);
-        r
-    };
-    let g = q.len() / D;
-    for j in 0..count {
-        let k = &keys[j * ks..j * ks + D];
-        for gi in 0..g {
-            let qr = &q[gi * D..(gi + 1) * D];
-            let mut a = [0f32; 16];
-            for c in 0..D / 16 {
-                for l in 0..16 {
-                    a[l] += qr[16 * c + l] * k[16 * c + l];
-                }
-            }
-            scores[gi * count + j] = hsum16(a) * scale;
-        }
-    }
-    softmax_stats(scores, count, stats);
-    for gi in 0..g {
-        let mut o = [0f32; D];
-        for (j, &p) in scores[gi * count..(gi + 1) * count].iter().enumerate() {
-            let v = row(values, j * vs);
-            for l in 0..D {
-                o[l] += p * v[l];
-            }
-        }
-        acc[gi * D..(gi + 1) * D].copy_from_slice(&o);
-    }
-}
-
-/// [`attend_heads`] for any head width.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn heads_any(
     q: &[f32],
     d: usize,
     (keys, ks): (&[f32], usize),
@@ -259,6 +177,21 @@ fn heads_any(
                 *o += p * x;
             }
         }
+    }
+}
+
+/// The softmax statistics of each head's scores (`[g][count]`, turned into numerators).
+#[inline(always)]
+fn softmax_stats(scores: &mut [f32], count: usize, stats: &mut [f32]) {
+    for (gi, st) in stats.chunks_exact_mut(2).enumerate() {
+        let s = &mut scores[gi * count..(gi + 1) * count];
+        let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        st[0] = max;
+        st[1] = if count == 0 {
+            0.0
+        } else {
+            mathcoder_model::vmath::exp_in_place(s, max)
+        };
     }
 }
 
@@ -519,7 +452,7 @@ mod x86 {
         );
         macro_rules! go {
             ($c:literal, $k:ident) => {
-                unsafe { heads_of::<$c, $k>(q, k, v, count, scale, scores, acc, stats) }
+                unsafe { heads_of::<$c, $k>((q, k, v), count, scale, (scores, acc, stats)) }
             };
         }
         match (d, k.kind) {
@@ -532,19 +465,17 @@ mod x86 {
         }
     }
 
+    /// [`heads`] for heads of `16·C` values and rows of kind `K`: the queries, keys and
+    /// values in; the scores, accumulators and statistics out.
+    ///
     /// # Safety
     /// As [`heads`], with the bounds checked there.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     unsafe fn heads_of<const C: usize, const K: u8>(
-        q: &[f32],
-        k: Rows,
-        v: Rows,
+        (q, k, v): (&[f32], Rows, Rows),
         count: usize,
         scale: f32,
-        scores: &mut [f32],
-        acc: &mut [f32],
-        stats: &mut [f32],
+        (scores, acc, stats): (&mut [f32], &mut [f32], &mut [f32]),
     ) {
         let d = 16 * C;
         let g = q.len() / d;

@@ -952,52 +952,23 @@ mod tests {
     /// to split attention into chunks.
     #[test]
     fn fused_decode_equals_the_general_path() {
+        let (q4_1, q8_0, q4_k) = (
+            Some(GgmlDType::Q4_1),
+            Some(GgmlDType::Q8_0),
+            Some(GgmlDType::Q4K),
+        );
+        let (f32, f16, bf16) = (DType::F32, DType::F16, DType::BF16);
         let cases = [
-            (
-                config(256, 4, 2, 2),
-                Some(GgmlDType::Q4_1),
-                false,
-                DType::F32,
-            ),
-            (
-                config(256, 2, 1, 2),
-                Some(GgmlDType::Q8_0),
-                true,
-                DType::F32,
-            ),
-            (
-                config(256, 2, 1, 2),
-                Some(GgmlDType::Q8_0),
-                false,
-                DType::F16,
-            ),
-            (
-                config(256, 4, 4, 1),
-                Some(GgmlDType::Q4K),
-                false,
-                DType::F32,
-            ),
-            (config(128, 4, 2, 2), None, true, DType::F32),
-            (config(128, 2, 2, 1), None, false, DType::BF16),
-            (config(128, 2, 2, 1), None, false, DType::F16),
-            (
-                config(256, 2, 1, 2),
-                Some(GgmlDType::Q8_0),
-                false,
-                DType::BF16,
-            ),
-            (
-                config(256, 4, 2, 2),
-                Some(GgmlDType::Q4_1),
-                false,
-                DType::F16,
-            ),
-            (
-                config(256, 8, 2, 2),
-                Some(GgmlDType::Q4_1),
-                false,
-                DType::F16,
-            ),
+            (config(256, 4, 2, 2), q4_1, false, f32),
+            (config(256, 2, 1, 2), q8_0, true, f32),
+            (config(256, 2, 1, 2), q8_0, false, f16),
+            (config(256, 4, 4, 1), q4_k, false, f32),
+            (config(128, 4, 2, 2), None, true, f32),
+            (config(128, 2, 2, 1), None, false, bf16),
+            (config(128, 2, 2, 1), None, false, f16),
+            (config(256, 2, 1, 2), q8_0, false, bf16),
+            (config(256, 4, 2, 2), q4_1, false, f16),
+            (config(256, 8, 2, 2), q4_1, false, f16),
         ];
         for (c, format, bias, kv) in cases {
             let mut m = model(&c, format, bias, kv);
