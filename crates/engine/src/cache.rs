@@ -77,9 +77,7 @@ impl KvCache {
     ) -> candle_core::Result<(Tensor, Tensor)> {
         let n = k.dim(1)?;
         let need = self.len + n;
-        if need > self.capacity {
-            self.grow(need.max(self.capacity * 2).max(MIN_CAPACITY))?;
-        }
+        self.fit(need)?;
         if self.layers[li].is_none() {
             self.layers[li] = Some(self.alloc(self.capacity)?);
         }
@@ -91,10 +89,7 @@ impl KvCache {
 
     /// Makes room for `n` more positions in every layer (for [`KvCache::write`]).
     pub(crate) fn reserve(&mut self, n: usize) -> candle_core::Result<()> {
-        let need = self.len + n;
-        if need > self.capacity {
-            self.grow(need.max(self.capacity * 2).max(MIN_CAPACITY))?;
-        }
+        self.fit(self.len + n)?;
         for li in 0..self.layers.len() {
             if self.layers[li].is_none() {
                 self.layers[li] = Some(self.alloc(self.capacity)?);
@@ -136,6 +131,14 @@ impl KvCache {
 
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
+    }
+
+    /// Grows every allocated layer (doubling) until `need` positions fit.
+    fn fit(&mut self, need: usize) -> candle_core::Result<()> {
+        if need > self.capacity {
+            self.grow(need.max(self.capacity * 2).max(MIN_CAPACITY))?;
+        }
+        Ok(())
     }
 
     fn alloc(&self, cap: usize) -> candle_core::Result<LayerKv> {

@@ -5,19 +5,21 @@
 //! pool and wait for it. On a small model that overhead is as long as the products: SmolLM2-135M
 //! `Q4_1` decoded at 67% of its memory-bandwidth bound, its second thread idle 28% of the time.
 //!
-//! Here every thread of candle's pool runs the whole step, layer by layer, in one region. The
-//! matrix products are split between the threads by a shared cursor per matrix; between them a
-//! spinning barrier (six per layer) stands where the general path returns to the engine thread.
+//! Here every thread of candle's pool runs the whole step, layer by layer, in one region. Each
+//! matrix product's work items are split between the threads (most in even shares, the rest
+//! through a shared cursor); between phases a spinning barrier (five per layer: q/k/v,
+//! attention, o, gate/up, down) stands where the general path returns to the engine thread.
 //! What is cheap (RMSNorm, quantizing activations, residual adds, SwiGLU, merging attention's
 //! partial results) every thread computes for itself, identically, into its own buffers, so
-//! that only the products, the rotation of new keys (and their write into the caches) and the
-//! attention items are shared out. Only f32 activations on the CPU with our own kernels (or
-//! dense f32 weights) take this path; anything else keeps the general one.
+//! that only the products and the attention items (with the rotation of queries and new keys)
+//! are shared out; the new keys and values go into the caches after attention. Only f32
+//! activations on the CPU with our own kernels (or dense f32 weights) take this path; anything
+//! else keeps the general one.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, DType, Storage, StorageRef, Tensor};
+use candle_core::{CpuStorage, DType, Storage, Tensor};
 
 use crate::attention::{self, Scratch, Source};
 use crate::cache::KvCache;
@@ -138,13 +140,27 @@ impl Plan {
     }
 }
 
-/// A matrix as the threads read it.
+/// A matrix as the threads read it: ours, or dense f32 weights (whose storage each product
+/// read-locks while it reads them).
 enum Mat<'a> {
     Packed(&'a Packed),
-    Dense { w: &'a [f32], n: usize, k: usize },
+    Dense { w: &'a Tensor, n: usize, k: usize },
 }
 
-impl Mat<'_> {
+impl<'a> Mat<'a> {
+    fn of(l: &'a Linear) -> candle_core::Result<Mat<'a>> {
+        Ok(match l {
+            Linear::Packed(p) => Mat::Packed(p),
+            Linear::Dense(w) => {
+                let (n, k) = w.dims2()?;
+                Mat::Dense { w, n, k }
+            }
+            Linear::Quant(_) => {
+                candle_core::bail!("decode: candle's quantized matrices are not taken")
+            }
+        })
+    }
+
     fn n(&self) -> usize {
         match self {
             Mat::Packed(p) => p.rows(),
@@ -160,61 +176,11 @@ impl Mat<'_> {
     }
 }
 
-/// Dense weights' storage, read-locked for the step (our kernels' matrices need no lock).
-struct Guards<'a>(Vec<(StorageRef<'a>, &'a candle_core::Layout)>);
-
-impl<'a> Guards<'a> {
-    fn lock(m: &'a Model) -> Guards<'a> {
-        let mut dense = Vec::new();
-        let mut add = |l: &'a Linear| {
-            if let Linear::Dense(w) = l {
-                dense.push(w.storage_and_layout());
-            }
-        };
-        for b in &m.layers {
-            stack_linears(&b.qkv).into_iter().for_each(&mut add);
-            add(&b.o);
-            stack_linears(&b.gate_up).into_iter().for_each(&mut add);
-            add(&b.down);
-        }
-        add(&m.lm_head);
-        Guards(dense)
-    }
-
-    /// The locked slices, in the order [`Guards::lock`] met them.
-    fn slices(&self) -> candle_core::Result<Vec<&[f32]>> {
-        self.0
-            .iter()
-            .map(|(s, l)| match (&**s, l.contiguous_offsets()) {
-                (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(&v[a..b]),
-                _ => candle_core::bail!("decode: dense weights must be contiguous f32"),
-            })
-            .collect()
-    }
-}
-
-fn stack_linears<const N: usize>(s: &Stack<N>) -> Vec<&Linear> {
-    match s {
-        Stack::One { w, .. } => vec![w],
-        Stack::Apart(parts) => parts.iter().collect(),
-    }
-}
-
-fn mat<'a>(
-    l: &'a Linear,
-    dense: &mut impl Iterator<Item = &'a [f32]>,
-) -> candle_core::Result<Mat<'a>> {
-    Ok(match l {
-        Linear::Packed(p) => Mat::Packed(p),
-        Linear::Dense(w) => {
-            let (n, k) = w.dims2()?;
-            let Some(w) = dense.next() else {
-                candle_core::bail!("decode: a dense matrix was not locked");
-            };
-            Mat::Dense { w, n, k }
-        }
-        Linear::Quant(_) => candle_core::bail!("decode: candle's quantized matrices are not taken"),
-    })
+/// A matrix ready to multiply.
+#[derive(Clone, Copy)]
+enum Kernel<'a> {
+    Packed(&'a Packed),
+    Dense(&'a [f32], usize, usize),
 }
 
 /// Projections reading one input, as laid out in their output buffer: stacked (`[rows, Σ n]`,
@@ -227,20 +193,17 @@ struct Parts<'a> {
 }
 
 impl<'a> Parts<'a> {
-    fn of<const N: usize>(
-        s: &'a Stack<N>,
-        dense: &mut impl Iterator<Item = &'a [f32]>,
-    ) -> candle_core::Result<Parts<'a>> {
+    fn of<const N: usize>(s: &'a Stack<N>) -> candle_core::Result<Parts<'a>> {
         Ok(match s {
             Stack::One { w, widths } => Parts {
-                mats: vec![mat(w, dense)?],
+                mats: vec![Mat::of(w)?],
                 widths: widths.to_vec(),
                 stacked: true,
             },
             Stack::Apart(parts) => {
                 let mats = parts
                     .iter()
-                    .map(|p| mat(p, dense))
+                    .map(Mat::of)
                     .collect::<candle_core::Result<Vec<_>>>()?;
                 Parts {
                     widths: mats.iter().map(Mat::n).collect(),
@@ -405,7 +368,11 @@ impl Drop for PoisonOnPanic<'_> {
     }
 }
 
-/// `out = x / sqrt(mean(x²) + eps) · w` per row of `w.len()` values.
+/// `out = x / sqrt(mean(x²) + eps) · w` per row of `w.len()` values, summing the squares in
+/// order as candle's `rms_norm` (the general path's) does, so that the two paths agree bit for
+/// bit where they can (the trainer's `fused::rms_norm_rows` sums in 8 lanes: on Qwen2.5-Coder
+/// `Q4_K_M` that moved this path's decode logits from 0.39 to 0.45 off the f32 weights' where
+/// the general path's are 0.36, one realisation of quantization noise for another).
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let k = w.len();
     for (xr, or) in x.chunks_exact(k).zip(out.chunks_exact_mut(k)) {
@@ -483,7 +450,7 @@ impl Region<'_> {
         act: &mut Act,
         out: &Shared,
         cursors: &[AtomicUsize],
-    ) {
+    ) -> candle_core::Result<()> {
         let rows = self.rows;
         if blocks.iter().any(|(m, _)| matches!(m, Mat::Packed(_))) {
             act.set(x, x.len() / rows);
@@ -491,12 +458,28 @@ impl Region<'_> {
         for ((mat, at), cursor) in blocks.iter().zip(cursors) {
             let items = mat.items(rows, self.vnni);
             let dst = out.ptr(*at, rows * mat.n());
-            let run = |range: std::ops::Range<usize>| match mat {
+            // Dense weights are read under their storage's read lock, held for this product.
+            let guard;
+            let kernel = match mat {
+                Mat::Packed(p) => Kernel::Packed(p),
+                Mat::Dense { w, n, k } => {
+                    guard = w.storage_and_layout();
+                    match (&*guard.0, guard.1.contiguous_offsets()) {
+                        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => {
+                            Kernel::Dense(&v[a..b], *n, *k)
+                        }
+                        _ => candle_core::bail!(
+                            "decode: dense weights must be contiguous f32 in CPU memory"
+                        ),
+                    }
+                }
+            };
+            let run = |range: std::ops::Range<usize>| match kernel {
                 // SAFETY: `act` holds `rows` rows of the matrix's width; `dst` has `rows·n`
                 // floats of which these items' tiles are this thread's alone.
-                Mat::Packed(p) => unsafe { p.run(act, rows, range, dst, self.vnni) },
+                Kernel::Packed(p) => unsafe { p.run(act, rows, range, dst, self.vnni) },
                 // SAFETY: likewise for these columns.
-                Mat::Dense { w, n, k } => unsafe { crate::gemv::columns(x, w, *n, *k, range, dst) },
+                Kernel::Dense(w, n, k) => unsafe { crate::gemv::columns(x, w, n, k, range, dst) },
             };
             let shared = items / 8;
             let split = items - shared;
@@ -510,6 +493,7 @@ impl Region<'_> {
                 run(start..(start + grab).min(items));
             }
         }
+        Ok(())
     }
 
     /// What one thread does for the whole step.
@@ -545,7 +529,8 @@ impl Region<'_> {
                 &mut act,
                 &self.qkv,
                 &cur[0..3],
-            );
+            )
+            .map_err(fail)?;
             self.sync.wait()?;
             // Attention items: (row, KV head, chunk of the cached positions). Each rotates its
             // own copy of its query heads; the last chunk's item also rotates the new key,
@@ -650,7 +635,8 @@ impl Region<'_> {
                 let p = unsafe { self.parts.get(r * per_row, per_row) };
                 attention::merge_row(p, group, d, chunks + 1, out);
             }
-            self.product(tid, &[(&mats.o, 0)], &attn, &mut act, &self.o, &cur[4..5]);
+            self.product(tid, &[(&mats.o, 0)], &attn, &mut act, &self.o, &cur[4..5])
+                .map_err(fail)?;
             self.sync.wait()?;
             // SAFETY: written before the last barrier.
             add(&mut x, unsafe { self.o.get(0, rows * hidden) });
@@ -662,7 +648,8 @@ impl Region<'_> {
                 &mut act,
                 &self.gate_up,
                 &cur[5..7],
-            );
+            )
+            .map_err(fail)?;
             self.sync.wait()?;
             let f = mats.gate_up.widths[0];
             mlp.resize(rows * f, 0.0);
@@ -684,7 +671,8 @@ impl Region<'_> {
                 &mut act,
                 &self.down,
                 &cur[7..8],
-            );
+            )
+            .map_err(fail)?;
             self.sync.wait()?;
             // SAFETY: written before the last barrier.
             add(&mut x, unsafe { self.down.get(0, rows * hidden) });
@@ -698,7 +686,8 @@ impl Region<'_> {
             &mut act,
             &self.logits,
             last,
-        );
+        )
+        .map_err(fail)?;
         Ok(())
     }
 }
@@ -732,22 +721,19 @@ fn step(m: &Model, plan: &Plan, steps: &mut [Step<'_>]) -> candle_core::Result<V
     };
     let x0: Vec<f32> = x0.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let (cos, sin) = crate::model::angles(&m.inv_freq, &positions);
-    let guards = Guards::lock(m);
-    let slices = guards.slices()?;
-    let mut dense = slices.into_iter();
     let mats = m
         .layers
         .iter()
         .map(|b| {
             Ok(LayerMats {
-                qkv: Parts::of(&b.qkv, &mut dense)?,
-                o: mat(&b.o, &mut dense)?,
-                gate_up: Parts::of(&b.gate_up, &mut dense)?,
-                down: mat(&b.down, &mut dense)?,
+                qkv: Parts::of(&b.qkv)?,
+                o: Mat::of(&b.o)?,
+                gate_up: Parts::of(&b.gate_up)?,
+                down: Mat::of(&b.down)?,
             })
         })
         .collect::<candle_core::Result<Vec<_>>>()?;
-    let lm_head = mat(&m.lm_head, &mut dense)?;
+    let lm_head = Mat::of(&m.lm_head)?;
     let (h, kv, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
     let threads = candle_core::utils::barrier_pool().n_workers() + 1;
     let shortest = steps.iter().map(|s| s.cache.len()).min().unwrap_or(0);

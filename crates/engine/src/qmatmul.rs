@@ -48,6 +48,15 @@ const WIDE_TILE: usize = 8;
 /// 2 threads).
 const SERIAL_MACS: usize = 1 << 18;
 
+/// Activation rows per work item.
+fn tile(vnni: bool) -> usize {
+    if vnni {
+        WIDE_TILE
+    } else {
+        ROW_TILE
+    }
+}
+
 /// How a packed matrix is multiplied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Format {
@@ -457,8 +466,7 @@ impl Packed {
     /// Work items of a product with `m` activation rows: (group of 8 output rows, tile of
     /// activation rows) pairs, each written by one item.
     pub(crate) fn items(&self, m: usize, vnni: bool) -> usize {
-        let tile = if vnni { WIDE_TILE } else { ROW_TILE };
-        self.n / GROUP * m.div_ceil(tile)
+        self.n / GROUP * m.div_ceil(tile(vnni))
     }
 
     /// Runs work `items` (of [`Packed::items`]) of the product of `act`'s `m` rows, writing
@@ -475,7 +483,7 @@ impl Packed {
         out: *mut f32,
         vnni: bool,
     ) {
-        let tile = if vnni { WIDE_TILE } else { ROW_TILE };
+        let tile = tile(vnni);
         let tiles = m.div_ceil(tile);
         for item in items {
             let (g, t) = (item / tiles, item % tiles);
